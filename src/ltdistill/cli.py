@@ -1,0 +1,253 @@
+"""Command-line interface: a thin layer that parses a config and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import apply_dict, apply_overrides, list_presets, load_yaml, to_dict, valid_keys
+from .errors import ConfigError, LtdError
+
+
+def _registries() -> str:
+    from .data import list_datasets
+    from .methods import list_methods
+    from .nets import list_nets
+
+    return (f"methods: {', '.join(list_methods())}\nnets: {', '.join(list_nets())}\n"
+            f"datasets: {', '.join(list_datasets())}\npresets: {', '.join(list_presets()) or '-'}")
+
+
+def _write_json(path: str | Path, obj: Any) -> None:
+    from .utils import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- distill
+def build_distill_config(args: argparse.Namespace):
+    """defaults < preset/config file < explicit flags < ``-s key=value`` overrides."""
+    from .methods import METHODS, DistillConfig
+
+    file_cfg: dict = {}
+    for src in args.preset or []:
+        file_cfg = {**file_cfg, **load_yaml(src)}
+    method = args.method or file_cfg.get("method") or "random"
+    cfg = DistillConfig(method=method, options=METHODS.get(method).Config())
+    cfg = apply_dict(cfg, file_cfg)
+    flags = {"data.dataset": args.dataset, "data.data_root": args.data_root,
+             "data.imbalance": args.imbalance, "data.split_seed": args.split_seed,
+             "ipc": args.ipc, "seed": args.seed, "device": args.device}
+    for k, v in flags.items():
+        if v is not None:
+            cfg = apply_dict(cfg, {k: v})
+    if args.download:
+        cfg = apply_dict(cfg, {"data.download": True})
+    return apply_overrides(cfg, args.set)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .artifact import save_set
+    from .methods import distill
+
+    cfg = build_distill_config(args)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    s = distill(cfg, show_progress=not args.quiet, workdir=str(out.parent))
+    save_set(s, out)
+    _write_json(out.with_suffix(".config.json"), to_dict(cfg))
+    counts = s.dataset["class_counts"]
+    print(f"distilled {len(s.labels)} images ({cfg.method}, IPC {cfg.ipc}) from {cfg.data.dataset}-LT "
+          f"IF {cfg.data.imbalance:g} (class counts {counts}) in {time.perf_counter() - t0:.1f}s")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def build_eval_config(args: argparse.Namespace):
+    from .evaluate import EvalConfig
+
+    cfg = EvalConfig()
+    for src in args.preset or []:
+        cfg = apply_dict(cfg, load_yaml(src).get("eval", {}))
+    flags = {"net": args.net, "epochs": args.epochs, "runs": args.runs, "lr": args.lr,
+             "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "labels": args.labels}
+    for k, v in flags.items():
+        if v is not None:
+            cfg = apply_dict(cfg, {k: v})
+    cfg = apply_overrides(cfg, args.set)
+    if cfg.epochs < 1 or cfg.runs < 1 or cfg.batch_size < 1:
+        raise ConfigError("epochs, runs and batch_size must be at least 1")
+    from .nets import NETS
+
+    NETS.get(cfg.net)
+    return cfg
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .artifact import load_set
+    from .data import load_lt_data
+    from .evaluate import evaluate_full, evaluate_set, format_result
+
+    cfg = build_eval_config(args)
+    if args.full:
+        if args.set_path is not None:
+            raise ConfigError("--full evaluates the whole long-tailed dataset: give no set file")
+        if args.dataset is None:
+            raise ConfigError("--full needs --dataset (and --imbalance)")
+        data = load_lt_data(args.dataset, args.data_root, args.imbalance or 100.0, args.split_seed or 42)
+        title = f"full {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images), net {cfg.net}"
+        res = evaluate_full(data, cfg, show_progress=not args.quiet)
+        about: dict[str, Any] = {"set": None, "method": "full-dataset"}
+    else:
+        if args.set_path is None:
+            raise ConfigError("give a distilled set file to evaluate (or --full)")
+        s = load_set(args.set_path)
+        d = s.dataset
+        data = load_lt_data(d["name"], args.data_root, d["imbalance"], d["split_seed"])
+        if data.class_counts != list(d["class_counts"]):
+            raise ConfigError("the set's recorded class counts differ from the split rebuilt now")
+        title = (f"{s.method} set {args.set_path}: {len(s.labels)} images, {d['name']}-LT "
+                 f"IF {d['imbalance']:g}, net {cfg.net}, {cfg.epochs} epochs")
+        res = evaluate_set(s, data, cfg, show_progress=not args.quiet)
+        about = {"set": str(args.set_path), "method": s.method, "set_config": s.config}
+    print(format_result(res, data.class_names, title))
+    if args.json:
+        _write_json(args.json, {**about, "dataset": data.split_record(), **res.to_dict(),
+                                "library_version": __version__})
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- small commands
+def cmd_export(args: argparse.Namespace) -> int:
+    from .artifact import export_imagefolder, load_set
+
+    out = export_imagefolder(load_set(args.set_path), args.out_dir)
+    print(f"exported to {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .artifact import load_set
+
+    s = load_set(args.set_path)
+    print(json.dumps({"method": s.method, "images": list(s.images.shape), "ipc": s.ipc(),
+                      "soft_labels": s.soft_labels is not None, "dataset": s.dataset,
+                      "seed": s.seed, "config": s.config}, indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(_registries())
+    if args.keys:
+        from .methods import make_config
+
+        print(f"config keys for {args.keys}: {', '.join(valid_keys(make_config(args.keys)))}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, show_progress=not args.quiet)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ltdistill",
+        description="Long-tailed dataset distillation.",
+        epilog=_registries(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"ltdistill {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--preset", "--config", action="append", metavar="NAME|FILE",
+                       help="preset name or YAML config file (repeatable, later wins)")
+        q.add_argument("-s", "--set", action="append", metavar="KEY=VALUE", help="validated config override")
+        q.add_argument("--seed", type=int)
+        q.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    d = sub.add_parser("distill", help="distil a synthetic set", epilog=_registries(), formatter_class=fmt)
+    d.add_argument("--dataset")
+    d.add_argument("--data-root")
+    d.add_argument("--imbalance", type=float)
+    d.add_argument("--split-seed", type=int)
+    d.add_argument("--download", action="store_true", help="fetch CIFAR via torchvision first")
+    d.add_argument("--ipc", type=int)
+    d.add_argument("--method")
+    d.add_argument("--out", default="set.pt")
+    d.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    common(d)
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("evaluate", help="train fresh nets on a set and test them", epilog=_registries(),
+                       formatter_class=fmt)
+    e.add_argument("set_path", nargs="?", help="distilled set (.pt)")
+    e.add_argument("--data-root")
+    e.add_argument("--full", action="store_true", help="reference: train on the whole long-tailed split")
+    e.add_argument("--dataset", help="with --full")
+    e.add_argument("--imbalance", type=float, help="with --full")
+    e.add_argument("--split-seed", type=int, help="with --full")
+    e.add_argument("--net")
+    e.add_argument("--epochs", type=int)
+    e.add_argument("--runs", type=int)
+    e.add_argument("--lr", type=float)
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--labels", choices=["auto", "hard", "soft"])
+    e.add_argument("--json", help="write the result as JSON here")
+    common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("demo", help="end-to-end run on the embedded digits dataset (no download)")
+    m.add_argument("--out", default="demo_out")
+    m.add_argument("--quick", action="store_true", help="a much shorter schedule (seconds)")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("export", help="write a set as an ImageFolder of PNGs")
+    x.add_argument("set_path")
+    x.add_argument("out_dir")
+    x.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="describe a distilled set")
+    i.add_argument("set_path")
+    i.set_defaults(func=cmd_info)
+
+    ls = sub.add_parser("list", help="registered methods, nets, datasets and presets")
+    ls.add_argument("--keys", metavar="METHOD", help="also list the config keys of this method")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LtdError as e:
+        print(f"ltdistill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ltdistill: interrupted", file=sys.stderr)
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Data: readers, the long-tailed split and the dataset registry."""
+
+from .datasets import DATASETS, DatasetInfo, ImageSet, LTData, class_groups, list_datasets, load_lt_data
+from .longtail import longtail_counts, longtail_indices
+
+__all__ = [
+    "DATASETS", "DatasetInfo", "ImageSet", "LTData", "class_groups", "list_datasets",
+    "load_lt_data", "longtail_counts", "longtail_indices",
+]

@@ -1,0 +1,239 @@
+"""The evaluation protocol (SPEC §7): train a fresh net on a set, test once at the end.
+
+Defaults are the paper protocol: SGD lr 0.01, momentum 0.9, weight decay 5e-4,
+batch 256, 1000 epochs, lr x0.1 at half with the optimiser reset, DSA drawn per
+sample on every batch, hard-label cross-entropy (soft cross-entropy when the set
+carries soft labels). Only the final epoch is tested: never the best over test.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .augment import DSAConfig, dsa
+from .data import LTData
+from .errors import TrainingError
+from .nets import init_net
+from .utils import derive_seed, make_generator, resolve_device
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation hyper-parameters (paper values by default)."""
+
+    net: str = "convnet"
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    runs: int = 5
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    lr_decay_at_half: bool = True
+    test_batch_size: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    labels: str = "auto"  # auto (soft if the set has soft labels), hard or soft
+
+
+@dataclass
+class RunResult:
+    acc: float  # percent
+    per_class: list[float]  # percent
+    seconds: float
+    final_loss: float
+
+
+@dataclass
+class EvalResult:
+    """Mean / std over runs, per class and per head/medium/tail group (all percent)."""
+
+    acc_mean: float
+    acc_std: float
+    per_class_mean: list[float]
+    groups: dict[str, float]
+    groups_std: dict[str, float]
+    runs: list[RunResult]
+    label_track: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "acc_mean": self.acc_mean, "acc_std": self.acc_std,
+            "per_class": self.per_class_mean, "groups": self.groups, "groups_std": self.groups_std,
+            "labels": self.label_track,
+            "runs": [{"acc": r.acc, "per_class": r.per_class, "seconds": r.seconds,
+                      "final_loss": r.final_loss} for r in self.runs],
+            "config": self.config,
+        }
+
+
+def _std(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+@torch.no_grad()
+def test_accuracy(
+    net: torch.nn.Module, data: LTData, device: torch.device, batch_size: int = 1000
+) -> tuple[float, list[float]]:
+    """Top-1 accuracy and per-class accuracy (percent) on the balanced test split."""
+    net.eval()
+    C = data.num_classes
+    correct = torch.zeros(C, dtype=torch.long)
+    total = torch.zeros(C, dtype=torch.long)
+    for i in range(0, len(data.test), batch_size):
+        x = data.normalize(data.test.images[i : i + batch_size], device)
+        y = data.test.labels[i : i + batch_size]
+        pred = net(x).argmax(1).cpu()
+        total += torch.bincount(y, minlength=C)
+        correct += torch.bincount(y[pred == y], minlength=C)
+    per_class = (correct.double() / total.clamp(min=1).double() * 100).tolist()
+    return float(correct.sum() / total.sum() * 100), per_class
+
+
+def train_net(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data: LTData,
+    cfg: EvalConfig,
+    seed: int,
+    progress: Any = None,
+) -> tuple[torch.nn.Module, float]:
+    """Train a fresh ``cfg.net`` on normalised images ``x`` with hard (``N``) or soft (``N x C``) labels.
+
+    All randomness (init, batch order, DSA) derives from ``seed``. Returns the
+    trained net and the last epoch's mean loss.
+    """
+    device = resolve_device(cfg.device)
+    info = data.info
+    net = init_net(cfg.net, info.channels, data.num_classes, x.shape[-1], derive_seed(seed, "init")).to(device)
+    x, y = x.to(device), y.to(device)
+    soft = y.ndim == 2
+    g = make_generator(seed, "train")
+    dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
+
+    def make_opt(lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    opt = make_opt(cfg.lr)
+    n = len(x)
+    last = float("nan")
+    for ep in range(cfg.epochs):
+        if cfg.lr_decay_at_half and ep == cfg.epochs // 2 and ep > 0:
+            opt = make_opt(cfg.lr * 0.1)  # DM's protocol: decay and a fresh optimiser
+        net.train()
+        perm = torch.randperm(n, generator=g).to(device)
+        tot, cnt = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            xb = dsa(x[idx], g, dsa_cfg) if cfg.dsa else x[idx]
+            out = net(xb)
+            if soft:
+                loss = -(y[idx] * F.log_softmax(out, 1)).sum(1).mean()
+            else:
+                loss = F.cross_entropy(out, y[idx])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"evaluation training diverged: loss {loss.item()} at epoch {ep}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(idx)
+            cnt += len(idx)
+        last = tot / max(cnt, 1)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{last:.3f}")
+    return net, last
+
+
+def _summarise(runs: list[RunResult], data: LTData, track: str, cfg: EvalConfig) -> EvalResult:
+    accs = [r.acc for r in runs]
+    C = data.num_classes
+    per_class = [sum(r.per_class[c] for r in runs) / len(runs) for c in range(C)]
+    groups, groups_std = {}, {}
+    for gname, cls in data.groups().items():
+        vals = [sum(r.per_class[c] for c in cls) / len(cls) for r in runs] if cls else [float("nan")]
+        groups[gname] = sum(vals) / len(vals)
+        groups_std[gname] = _std(vals)
+    from .config import to_dict
+
+    return EvalResult(sum(accs) / len(accs), _std(accs), per_class, groups, groups_std, runs, track, to_dict(cfg))
+
+
+def evaluate_tensors(
+    x: torch.Tensor, y: torch.Tensor, data: LTData, cfg: EvalConfig, show_progress: bool = False
+) -> EvalResult:
+    """Run the protocol ``cfg.runs`` times on (x, y); run r uses seed ``derive_seed(cfg.seed, 'run', r)``."""
+    from .progress import progress_bar
+
+    device = resolve_device(cfg.device)
+    runs = []
+    track = "soft" if y.ndim == 2 else "hard"
+    for r in range(cfg.runs):
+        t0 = time.perf_counter()
+        with progress_bar(total=cfg.epochs, desc=f"eval {cfg.net} run {r + 1}/{cfg.runs}",
+                          enabled=show_progress) as bar:
+            net, last = train_net(x, y, data, cfg, derive_seed(cfg.seed, "run", r), bar)
+        acc, per_class = test_accuracy(net, data, device, cfg.test_batch_size)
+        runs.append(RunResult(acc, per_class, time.perf_counter() - t0, last))
+    return _summarise(runs, data, track, cfg)
+
+
+def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False) -> EvalResult:
+    """Evaluate a :class:`~ltdistill.artifact.DistilledSet` on ``data``'s test split."""
+    from .errors import ConfigError
+
+    check_compatible(s, data)
+    use_soft = cfg.labels == "soft" or (cfg.labels == "auto" and s.soft_labels is not None)
+    if cfg.labels not in ("auto", "soft", "hard"):
+        raise ConfigError(f"labels must be auto, hard or soft, got {cfg.labels!r}")
+    if use_soft and s.soft_labels is None:
+        raise ConfigError("labels=soft requested but the set carries no soft labels")
+    y = s.soft_labels if use_soft else s.labels
+    return evaluate_tensors(s.images.float(), y, data, cfg, show_progress)
+
+
+def evaluate_full(data: LTData, cfg: EvalConfig, show_progress: bool = False) -> EvalResult:
+    """The "whole long-tailed dataset" reference: the same trainer on every real image."""
+    x = data.normalize(data.train.images)
+    return evaluate_tensors(x, data.train.labels, data, cfg, show_progress)
+
+
+def check_compatible(s, data: LTData) -> None:
+    """A set must match the dataset it is tested on (classes, shape, normalisation)."""
+    from .errors import ArtifactError
+
+    if s.num_classes != data.num_classes or list(s.class_names) != list(data.class_names):
+        raise ArtifactError(
+            f"the set's classes ({s.num_classes}) do not match dataset {data.info.name} "
+            f"({data.num_classes}: {data.class_names[:3]}...)"
+        )
+    if tuple(s.images.shape[1:]) != (data.info.channels, data.info.image_size, data.info.image_size):
+        raise ArtifactError(f"the set's images {tuple(s.images.shape[1:])} do not match {data.info.name}")
+    if any(abs(a - b) > 1e-6 for a, b in zip(list(s.mean) + list(s.std), list(data.info.mean) + list(data.info.std))):
+        raise ArtifactError("the set's normalisation differs from the dataset's")
+
+
+def format_result(res: EvalResult, class_names: list[str], title: str = "") -> str:
+    """A readable table: overall, groups and per-class accuracy."""
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"  accuracy ({res.label_track} labels, {len(res.runs)} runs): "
+                 f"{res.acc_mean:.2f} ± {res.acc_std:.2f} %")
+    lines.append("  " + "  ".join(f"{g}: {v:.2f} ± {res.groups_std[g]:.2f}" for g, v in res.groups.items()))
+    w = max(len(n) for n in class_names)
+    lines.append("  per class:")
+    for c, n in enumerate(class_names):
+        lines.append(f"    {c:>3} {n:<{w}} {res.per_class_mean[c]:6.2f}")
+    return "\n".join(lines)

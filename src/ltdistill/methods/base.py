@@ -1,0 +1,141 @@
+"""What every method shares: run config, method registry, class sampling and fill.
+
+A method is a small class with a ``Config`` dataclass and a ``run`` that returns
+synthetic images (normalised) and labels; :func:`distill` does the rest (data,
+seeds, device, the artifact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..artifact import DistilledSet
+from ..config import to_dict
+from ..data import LTData, load_lt_data
+from ..errors import ConfigError, DataError
+from ..registry import Registry
+from ..utils import resolve_device
+
+
+@dataclass
+class DataConfig:
+    """Which long-tailed split: dataset name + imbalance + split seed identify it."""
+
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    imbalance: float = 100.0
+    split_seed: int = 42
+    download: bool = False
+
+
+@dataclass
+class NoOptions:
+    """A method without options."""
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run. ``options`` holds the method's own config dataclass."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    method: str = "random"
+    ipc: int = 10
+    seed: int = 0
+    device: str = "auto"
+    fill: str = "repeat"  # tail classes with fewer images than IPC: repeat cyclically, or error
+    options: Any = field(default_factory=NoOptions)
+
+
+@dataclass
+class RunContext:
+    """What a method's ``run`` gets besides the data."""
+
+    ipc: int
+    seed: int
+    device: torch.device
+    fill: str
+    options: Any
+    show_progress: bool = False
+    workdir: str | None = None  # where long runs may checkpoint (next to the output)
+
+
+class Method:
+    """Base class: subclasses set ``name``, ``Config`` and implement :meth:`run`."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoOptions
+    description: ClassVar[str] = ""
+
+    def run(self, data: LTData, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Return (normalised images ``N x C x H x W``, int64 labels ``N``, extra values)."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS.add(cls.name, cls)
+    return cls
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()
+
+
+def make_config(method: str, **top: Any) -> DistillConfig:
+    """A :class:`DistillConfig` with ``method``'s default options."""
+    cls = METHODS.get(method)
+    cfg = DistillConfig(method=method, options=cls.Config())
+    return dataclasses.replace(cfg, **top) if top else cfg
+
+
+def fill_indices(order: torch.Tensor, ipc: int, fill: str, cname: str) -> torch.Tensor:
+    """The first ``ipc`` entries of ``order``; repeat cyclically when the class is short."""
+    n = len(order)
+    if n == 0:
+        raise DataError(f"class {cname!r} has no training images")
+    if n >= ipc:
+        return order[:ipc]
+    if fill != "repeat":
+        raise DataError(
+            f"class {cname!r} has {n} images but IPC is {ipc}; pass fill=repeat to repeat them cyclically"
+        )
+    return order[torch.arange(ipc) % n]
+
+
+def validate(cfg: DistillConfig) -> None:
+    if cfg.ipc < 1:
+        raise ConfigError(f"ipc must be at least 1, got {cfg.ipc}")
+    if cfg.fill not in ("repeat", "error"):
+        raise ConfigError(f"fill must be 'repeat' or 'error', got {cfg.fill!r}")
+    METHODS.get(cfg.method)
+
+
+def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool = False,
+            workdir: str | None = None) -> DistilledSet:
+    """Run ``cfg.method`` on the long-tailed split and return the distilled set."""
+    validate(cfg)
+    cls = METHODS.get(cfg.method)
+    if not isinstance(cfg.options, cls.Config):
+        raise ConfigError(f"options for {cfg.method!r} must be {cls.Config.__name__}")
+    if data is None:
+        d = cfg.data
+        data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download)
+    ctx = RunContext(cfg.ipc, cfg.seed, resolve_device(cfg.device), cfg.fill, cfg.options,
+                     show_progress, workdir)
+    t0 = time.perf_counter()
+    images, labels, extra = cls().run(data, ctx)
+    extra = dict(extra)
+    extra.setdefault("distill_seconds", time.perf_counter() - t0)
+    return DistilledSet(
+        images=images.detach().cpu().float(), labels=labels.cpu().long(),
+        class_names=list(data.class_names), mean=list(data.info.mean), std=list(data.info.std),
+        dataset=data.split_record(), method=cfg.method, config=to_dict(cfg), seed=cfg.seed,
+        extra=extra,
+    )

@@ -1,0 +1,208 @@
+"""Network registry: ConvNet, AlexNet, VGG-11 and ResNet-18 in DM's 32x32 variants (SPEC §2, §7).
+
+Every net has ``embed(x)`` (the feature vector distribution matching uses) and
+``forward(x) = classifier(embed(x))``. Instance norm is ``GroupNorm(C, C, affine=True)``
+as in the DM code; ``*_bn`` names use batch norm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .registry import Registry
+
+NETS: Registry[Callable[..., nn.Module]] = Registry("net")
+
+
+def register_net(name: str):
+    return NETS.register(name)
+
+
+def list_nets() -> list[str]:
+    return NETS.names()
+
+
+def create_net(
+    name: str, channels: int, num_classes: int, image_size: int = 32, **kwargs
+) -> nn.Module:
+    """Build a registered net (randomly initialised by the global or current RNG state).
+
+    Use :func:`init_net` to initialise from an explicit seed.
+    """
+    factory = NETS.get(name)
+    try:
+        return factory(channels=channels, num_classes=num_classes, image_size=image_size, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad options for net {name!r}: {e}") from None
+
+
+def init_net(name: str, channels: int, num_classes: int, image_size: int, seed: int, **kwargs) -> nn.Module:
+    """Build a net whose initial weights come only from ``seed`` (global RNG untouched)."""
+    devices = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return create_net(name, channels, num_classes, image_size, **kwargs)
+
+
+def _norm(kind: str, c: int) -> nn.Module:
+    if kind == "instancenorm":
+        return nn.GroupNorm(c, c, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(c)
+    if kind == "none":
+        return nn.Identity()
+    raise ConfigError(f"unknown norm {kind!r}; choose instancenorm, batchnorm or none")
+
+
+class ConvNet(nn.Module):
+    """DM's ConvNet: depth x [conv3x3 -> norm -> ReLU -> avgpool2], then a linear layer.
+
+    ``depth=None`` follows the image size: pool until the map is 4x4 or smaller
+    (3 for 32 px, 4 for 64 px, 1 for 8 px).
+    """
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, width: int = 128,
+                 depth: int | None = None, norm: str = "instancenorm") -> None:
+        super().__init__()
+        if depth is None:
+            depth = max(1, int(math.ceil(math.log2(max(image_size, 1) / 4))))
+        if image_size // (2 ** depth) < 1:
+            raise ConfigError(f"ConvNet depth {depth} is too deep for {image_size}px images")
+        layers: list[nn.Module] = []
+        c, s = channels, image_size
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True),
+                       nn.AvgPool2d(2, 2)]
+            c, s = width, s // 2
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = width * s * s
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class AlexNet(nn.Module):
+    """DM's 32x32 AlexNet (no norm by default)."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "none") -> None:
+        super().__init__()
+        if image_size < 32:
+            raise ConfigError(f"alexnet needs images of at least 32px, got {image_size}")
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 128, 5, padding=4 if channels == 1 else 2), _norm(norm, 128),
+            nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(128, 192, 5, padding=2), _norm(norm, 192), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(192, 256, 3, padding=1), _norm(norm, 256), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 192, 3, padding=1), _norm(norm, 192), nn.ReLU(inplace=True),
+            nn.Conv2d(192, 192, 3, padding=1), _norm(norm, 192), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+        )
+        with torch.no_grad():
+            self.feature_dim = self.features(torch.zeros(1, channels, image_size, image_size)).numel()
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class VGG11(nn.Module):
+    """DM's VGG-11: five conv stages with max pooling, then a linear layer on 512 features."""
+
+    CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "instancenorm") -> None:
+        super().__init__()
+        if image_size < 32:
+            raise ConfigError(f"vgg11 needs images of at least 32px, got {image_size}")
+        layers: list[nn.Module] = []
+        c = channels
+        for i, v in enumerate(self.CFG):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                pad = 3 if (channels == 1 and i == 0) else 1
+                layers += [nn.Conv2d(c, v, 3, padding=pad), _norm(norm, v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            self.feature_dim = self.features(torch.zeros(1, channels, image_size, image_size)).numel()
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.n1 = _norm(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.n2 = _norm(norm, cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.n1(self.conv1(x)))
+        out = self.n2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """DM's CIFAR ResNet-18: 3x3 stem, no max-pool, [2, 2, 2, 2] basic blocks, global average pool."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "instancenorm") -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, 1, 1, bias=False), _norm(norm, 64), nn.ReLU(inplace=True))
+        blocks: list[nn.Module] = []
+        cin = 64
+        for i, cout in enumerate((64, 128, 256, 512)):
+            for j in range(2):
+                blocks.append(_BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm))
+                cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.feature_dim = 512
+        self.classifier = nn.Linear(512, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def _variant(cls, norm: str):
+    def make(channels: int, num_classes: int, image_size: int = 32, **kw):
+        kw.setdefault("norm", norm)
+        return cls(channels, num_classes, image_size, **kw)
+
+    make.__doc__ = f"{cls.__name__} with norm={norm!r}."
+    return make
+
+
+NETS.add("convnet", _variant(ConvNet, "instancenorm"))
+NETS.add("convnet_bn", _variant(ConvNet, "batchnorm"))
+NETS.add("convnet_nonorm", _variant(ConvNet, "none"))
+NETS.add("alexnet", _variant(AlexNet, "none"))
+NETS.add("alexnet_bn", _variant(AlexNet, "batchnorm"))
+NETS.add("vgg11", _variant(VGG11, "instancenorm"))
+NETS.add("vgg11_bn", _variant(VGG11, "batchnorm"))
+NETS.add("resnet18", _variant(ResNet18, "instancenorm"))
+NETS.add("resnet18_bn", _variant(ResNet18, "batchnorm"))
