@@ -86,7 +86,7 @@ class DistilledSet:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "artifact") -> "DistilledSet":
+    def from_dict(cls, d: dict[str, Any], where: str = "artifact") -> DistilledSet:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ArtifactError(f"{where} is not an ltdistill distilled set")
         ver = d.get("format_version")

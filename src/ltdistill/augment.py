@@ -58,7 +58,7 @@ class DSAParams:
     op: str
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def to(self, device: torch.device) -> "DSAParams":
+    def to(self, device: torch.device) -> DSAParams:
         return DSAParams(self.op, {k: v.to(device) for k, v in self.values.items()})
 
 

@@ -37,6 +37,7 @@ def build_distill_config(args: argparse.Namespace):
     file_cfg: dict = {}
     for src in args.preset or []:
         file_cfg = {**file_cfg, **load_yaml(src)}
+    file_cfg.pop("eval", None)  # the evaluation section is for `ltdistill evaluate`
     method = args.method or file_cfg.get("method") or "random"
     cfg = DistillConfig(method=method, options=METHODS.get(method).Config())
     cfg = apply_dict(cfg, file_cfg)

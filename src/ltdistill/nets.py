@@ -8,7 +8,7 @@ as in the DM code; ``*_bn`` names use batch norm.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

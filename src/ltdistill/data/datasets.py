@@ -6,9 +6,9 @@ normalised per batch; nothing here uses a DataLoader.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ def _digits_loader(root: str | None, split: str, download: bool) -> RawSplit:
         idx = np.flatnonzero(y == c)
         keep.append(idx[-50:] if split == "test" else idx[:-50])
     keep = np.concatenate(keep)
-    return RawSplit(x[keep], y[keep], [str(c) for c in range(10)], "sorted-folders", "sklearn digits")
+    return RawSplit(x[keep], y[keep], [str(c) for c in range(10)], "dataset-labels", "sklearn digits")
 
 
 DATASETS.add(

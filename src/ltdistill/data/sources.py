@@ -36,7 +36,7 @@ class RawSplit:
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
-    class_order: str  # "classes-file", "sorted-folders" or "pickle-meta"
+    class_order: str  # "classes-file", "sorted-folders", "pickle-meta" or "dataset-labels"
     source: str  # human-readable description of where it came from
 
 

@@ -1,8 +1,15 @@
 """Method registry. Importing this package registers every built-in method."""
 
-from . import coreset  # noqa: F401  (registers random, kcenter, herding)
+from . import coreset, dm_family  # noqa: F401  (registers the built-in methods)
 from .base import (
-    METHODS, DataConfig, DistillConfig, Method, RunContext, distill, list_methods, make_config,
+    METHODS,
+    DataConfig,
+    DistillConfig,
+    Method,
+    RunContext,
+    distill,
+    list_methods,
+    make_config,
     register_method,
 )
 

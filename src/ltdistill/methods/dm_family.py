@@ -1,0 +1,181 @@
+"""DM, kernel MMD, SDD, CSDM and NCFM-style matching: each a discrepancy plugged
+into the shared loop of :mod:`.matching` (SPEC §3-§4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..discrepancy import (
+    alpha_map, cfd_class_loss, csdm_class_loss, kernel_mmd2, linear_mmd, sample_frequencies, sdd,
+)
+from ..errors import ConfigError
+from .base import register_method
+from .matching import MatchConfig, Matcher, MatchingMethod
+
+
+# ----------------------------------------------------------------------------- DM
+class _LinearMMD(Matcher):
+    def class_loss(self, c, real, syn):
+        return linear_mmd(real, syn)
+
+
+@register_method
+class DM(MatchingMethod):
+    name = "dm"
+    description = "Distribution Matching (Zhao & Bilen): mean embeddings of random ConvNets"
+    matcher = _LinearMMD
+
+
+# ----------------------------------------------------------------------------- kernel MMD
+@dataclass
+class KernelConfig(MatchConfig):
+    """Kernel options (features L2-normalised so one σ serves every dataset)."""
+
+    normalize_features: bool = True
+    kernel: str = "rbf"  # rbf or laplace
+    sigma: float = 1.0
+    loss_scale: float = 300.0
+
+
+class _KernelMMD(Matcher):
+    def class_loss(self, c, real, syn):
+        return kernel_mmd2(real, syn, self.cfg.sigma, self.cfg.kernel)
+
+
+@register_method
+class MMD(MatchingMethod):
+    name = "mmd"
+    Config = KernelConfig
+    description = "closed-form kernel MMD² (M3D-style), O((n+m)^2 d)"
+    matcher = _KernelMMD
+
+
+# ----------------------------------------------------------------------------- spectral family
+@dataclass
+class SpectralConfig(KernelConfig):
+    num_freqs: int = 1024  # M (paper scale: 4096)
+    eps: float = 1e-8
+
+
+class _Spectral(Matcher):
+    """Draws M fresh frequencies from the kernel's spectral measure every iteration."""
+
+    def begin(self, it, g):
+        self.w = sample_frequencies(self.cfg.num_freqs, self.dim, self.cfg.sigma, self.cfg.kernel, g).to(
+            self.ctx.device)
+
+
+class _SDD(_Spectral):
+    def class_loss(self, c, real, syn):
+        return sdd(real, syn, self.w)
+
+
+@register_method
+class SDD(MatchingMethod):
+    name = "sdd"
+    Config = SpectralConfig
+    description = "Spectral Distribution Distance (Monte-Carlo MMD, linear in samples), no class-aware split"
+    matcher = _SDD
+
+
+@dataclass
+class CSDMConfig(SpectralConfig):
+    alpha_head: float = 0.9
+    alpha_tail: float = 0.3
+    alpha: float | None = None  # a constant α for every class (balanced data); None: class-aware map
+
+
+class _CSDM(_Spectral):
+    def __init__(self, cfg, data, ctx, dim):
+        super().__init__(cfg, data, ctx, dim)
+        counts = data.class_counts
+        const = cfg.alpha if cfg.alpha is not None else (0.5 * (cfg.alpha_head + cfg.alpha_tail)
+                                                         if len(set(counts)) == 1 else None)
+        self.alphas = alpha_map(counts, cfg.alpha_head, cfg.alpha_tail, const)
+
+    def class_loss(self, c, real, syn):
+        return csdm_class_loss(real, syn, self.w, self.alphas[c], self.cfg.eps)
+
+
+@register_method
+class CSDM(MatchingMethod):
+    name = "csdm"
+    Config = CSDMConfig
+    description = "Class-aware Spectral Distribution Matching: amplitude (head) / phase (tail) weighted SDD"
+    matcher = _CSDM
+
+
+# ----------------------------------------------------------------------------- NCFM-style
+@dataclass
+class NCFMConfig(SpectralConfig):
+    alpha: float = 0.5
+    adversarial: bool = False  # train a frequency sampler to maximise the loss (min-max)
+    sampler_lr: float = 1e-3
+    sampler_hidden: int = 128
+
+
+class _FreqSampler(nn.Module):
+    """``w = w0 + mlp(w0)``; the last layer starts at zero, so training starts at the kernel's draw."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, w0: torch.Tensor) -> torch.Tensor:
+        return w0 + self.net(w0)
+
+
+class _CFD(_Spectral):
+    def __init__(self, cfg, data, ctx, dim):
+        super().__init__(cfg, data, ctx, dim)
+        if not 0 < cfg.alpha < 1:
+            raise ConfigError(f"alpha must lie in (0, 1), got {cfg.alpha}")
+        self.sampler = None
+        if cfg.adversarial:
+            with torch.random.fork_rng(devices=[]):
+                from ..utils import derive_seed
+
+                torch.manual_seed(derive_seed(ctx.seed, "sampler"))
+                self.sampler = _FreqSampler(dim, cfg.sampler_hidden).to(ctx.device)
+            self.opt = torch.optim.Adam(self.sampler.parameters(), lr=cfg.sampler_lr)
+
+    def begin(self, it, g):
+        super().begin(it, g)
+        if self.sampler is not None:
+            # The classes back-propagate one at a time into a leaf copy of w; the
+            # sampler's own graph is traversed once, in after_backward.
+            self.opt.zero_grad(set_to_none=True)
+            self.w_sampled = self.sampler(self.w)
+            self.w = self.w_sampled.detach().requires_grad_(True)
+
+    def class_loss(self, c, real, syn):
+        return cfd_class_loss(real, syn, self.w, self.cfg.alpha, self.cfg.eps)
+
+    def after_backward(self):
+        if self.sampler is None or self.w.grad is None:
+            return
+        self.w_sampled.backward(-self.w.grad)  # gradient ascent: the sampler maximises the loss
+        self.opt.step()
+
+    def state_dict(self):
+        if self.sampler is None:
+            return {}
+        return {"sampler": self.sampler.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state):
+        if self.sampler is not None and state:
+            self.sampler.load_state_dict(state["sampler"])
+            self.opt.load_state_dict(state["opt"])
+
+
+@register_method
+class NCFM(MatchingMethod):
+    name = "ncfm"
+    Config = NCFMConfig
+    description = "NCFM-style characteristic function distance (sqrt per frequency), optional adversarial sampler"
+    matcher = _CFD

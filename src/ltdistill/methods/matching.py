@@ -1,0 +1,202 @@
+"""The one distillation loop every distribution-matching method shares (SPEC §4).
+
+Each iteration: a freshly initialised, frozen ConvNet trunk; for every class a
+real batch and one siamese DSA draw shared by that batch and the class's
+synthetic images; the method's per-class discrepancy between real and synthetic
+features; one optimiser step on the synthetic pixels. A method only supplies a
+:class:`Matcher` (its per-class loss); sampling, optimisation, logging,
+checkpoint / resume and NaN handling live here, once.
+
+All randomness of iteration ``t`` derives from ``(seed, t)``, so a resumed run
+reproduces an uninterrupted one exactly (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..data import LTData
+from ..errors import ConfigError, TrainingError
+from ..nets import init_net
+from ..progress import progress_bar
+from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_generator
+from .base import Method, RunContext, fill_indices
+
+
+@dataclass
+class MatchConfig:
+    """Options shared by every distribution-matching method."""
+
+    iterations: int = 1000
+    batch_real: int = 256
+    lr_img: float = 1.0
+    momentum: float = 0.5
+    optimizer: str = "sgd"  # sgd (DM) or adamw
+    weight_decay: float = 0.0
+    init: str = "real"  # real images of the class, or noise
+    net: str = "convnet"
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    normalize_features: bool = False  # L2-normalise features before the discrepancy
+    loss_scale: float = 1.0
+    checkpoint_every: int = 100  # iterations between atomic checkpoints (0: never)
+    log_every: int = 10
+    resume: bool = False
+
+
+class Matcher:
+    """A method's discrepancy. ``begin`` runs once per iteration before the classes."""
+
+    def __init__(self, cfg: Any, data: LTData, ctx: RunContext, dim: int) -> None:
+        self.cfg, self.data, self.ctx, self.dim = cfg, data, ctx, dim
+
+    def begin(self, it: int, g: torch.Generator) -> None:
+        pass
+
+    def class_loss(self, c: int, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_backward(self) -> None:
+        """Hook after the gradients of an iteration exist (e.g. an adversary's ascent step)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class MatchingMethod(Method):
+    """Base of the DM family: subclasses set ``Config`` and ``matcher``."""
+
+    Config = MatchConfig
+    matcher: type[Matcher] = Matcher
+
+    def run(self, data: LTData, ctx: RunContext):
+        return run_matching(self.matcher, data, ctx)
+
+
+def _init_images(data: LTData, ctx: RunContext, cfg: MatchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    info = data.info
+    picks, labels = [], []
+    for c in range(data.num_classes):
+        idx = data.train.indices_of(c)
+        perm = torch.randperm(len(idx), generator=make_generator(ctx.seed, "init", c))
+        picks.append(idx[fill_indices(perm, ctx.ipc, ctx.fill, data.class_names[c])])
+        labels += [c] * ctx.ipc
+    if cfg.init == "real":
+        x = data.normalize(data.train.images[torch.cat(picks)])
+    elif cfg.init == "noise":
+        g = make_generator(ctx.seed, "init-noise")
+        x = torch.randn(len(labels), info.channels, info.image_size, info.image_size, generator=g)
+    else:
+        raise ConfigError(f"init must be 'real' or 'noise', got {cfg.init!r}")
+    return x, torch.tensor(labels, dtype=torch.long)
+
+
+def _optimizer(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr_img, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr_img, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+
+
+def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
+    cfg: MatchConfig = ctx.options
+    if cfg.iterations < 0 or cfg.batch_real < 1:
+        raise ConfigError("iterations must be >= 0 and batch_real >= 1")
+    dev = ctx.device
+    info = data.info
+    syn_init, labels = _init_images(data, ctx, cfg)
+    syn = syn_init.to(dev).requires_grad_(True)
+    opt = _optimizer([syn], cfg)
+    probe = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0)
+    matcher = matcher_cls(cfg, data, ctx, probe.feature_dim)
+    dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
+    class_idx = [data.train.indices_of(c) for c in range(data.num_classes)]
+    ipc = ctx.ipc
+
+    prefix = Path(ctx.workdir) if ctx.workdir else None
+    ckpt = prefix.with_name(prefix.name + ".ckpt") if prefix else None
+    log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix else None
+    identity = {"dataset": data.split_record(), "ipc": ipc, "seed": ctx.seed,
+                "options": {k: v for k, v in vars(cfg).items() if k not in ("iterations", "resume",
+                                                                             "checkpoint_every", "log_every")}}
+    start, history = 0, []
+    if cfg.resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("identity") != identity:
+            raise ConfigError(f"checkpoint {ckpt} belongs to a different run (data, IPC, seed or options differ)")
+        with torch.no_grad():
+            syn.copy_(state["images"].to(dev))
+        opt.load_state_dict(state["optimizer"])
+        matcher.load_state_dict(state["matcher"])
+        start, history = int(state["iteration"]), list(state["history"])
+    if log_path is not None:
+        atomic_write_bytes(log_path, "".join(json.dumps(h) + "\n" for h in history).encode())
+
+    def save_ckpt(iteration: int) -> None:
+        if ckpt is None:
+            return
+        atomic_torch_save({"iteration": iteration, "images": syn.detach().cpu(), "optimizer": opt.state_dict(),
+                           "matcher": matcher.state_dict(), "history": history, "identity": identity}, ckpt)
+
+    t0 = time.perf_counter()
+    with progress_bar(total=cfg.iterations, desc=f"distill {ctx.options.__class__.__name__}",
+                      enabled=ctx.show_progress) as bar:
+        bar.update(start)
+        for it in range(start, cfg.iterations):
+            g = make_generator(ctx.seed, "iter", it)
+            trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size,
+                             derive_seed(ctx.seed, "trunk", it)).to(dev)
+            trunk.requires_grad_(False)
+            matcher.begin(it, g)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for c in range(data.num_classes):
+                idx = class_idx[c]
+                pick = idx[torch.randperm(len(idx), generator=g)[: cfg.batch_real]]
+                xr = data.normalize(data.train.images[pick], dev)
+                xs = syn[c * ipc : (c + 1) * ipc]
+                p = sample_dsa(1, info.image_size, g, dsa_cfg, siamese=True)
+                xr, xs = apply_dsa(xr, p), apply_dsa(xs, p)
+                with torch.no_grad():
+                    fr = trunk.embed(xr)
+                fs = trunk.embed(xs)
+                if cfg.normalize_features:
+                    fr, fs = F.normalize(fr, dim=1), F.normalize(fs, dim=1)
+                loss = matcher.class_loss(c, fr, fs) * cfg.loss_scale
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss.item()} at iteration {it} (class {data.class_names[c]!r}); "
+                        f"stopped before the step; the last good checkpoint ({ckpt}) is kept"
+                    )
+                loss.backward()  # per class: the graph of one class at a time
+                total += loss.item()
+            if syn.grad is not None and not torch.isfinite(syn.grad).all():
+                raise TrainingError(f"gradient is NaN/inf at iteration {it}; last good checkpoint {ckpt} kept")
+            matcher.after_backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4g}")
+            if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
+                rec = {"iteration": it + 1, "loss": total, "seconds": round(time.perf_counter() - t0, 3)}
+                history.append(rec)
+                if log_path is not None:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
+                save_ckpt(it + 1)
+    if ckpt is not None and cfg.iterations > start:
+        save_ckpt(cfg.iterations)
+    return syn.detach().cpu(), labels, {"final_loss": history[-1]["loss"] if history else None,
+                                        "iterations_run": cfg.iterations - start}

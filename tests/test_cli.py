@@ -1,0 +1,114 @@
+"""CLI end to end on digits, and every bad input: one clear line, exit code 2, no traceback."""
+
+import json
+
+import pytest
+import torch
+
+from ltdistill.cli import main
+from tests.helpers import fake_images, write_tar
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_distill_evaluate_export_info(tmp_path, capsys):
+    s = tmp_path / "set.pt"
+    code, out, _ = run(capsys, "distill", "--dataset", "digits", "--imbalance", "10", "--ipc", "3",
+                       "--method", "kcenter", "--seed", "2", "--out", str(s), "--quiet", "-s", "device=cpu")
+    assert code == 0 and "class counts [124, 96" in out
+    assert s.is_file() and s.with_suffix(".png").is_file()
+    cfg = json.loads(s.with_suffix(".config.json").read_text())
+    assert cfg["method"] == "kcenter" and cfg["ipc"] == 3 and cfg["data"]["imbalance"] == 10
+    j = tmp_path / "r.json"
+    code, out, _ = run(capsys, "evaluate", str(s), "--epochs", "5", "--runs", "2", "--json", str(j), "--quiet")
+    assert code == 0 and "accuracy (hard labels, 2 runs)" in out and "tail" in out
+    r = json.loads(j.read_text())
+    assert {"acc_mean", "acc_std", "per_class", "groups", "runs", "config", "dataset"} <= set(r)
+    assert len(r["per_class"]) == 10 and set(r["groups"]) == {"head", "medium", "tail"}
+    code, out, _ = run(capsys, "export", str(s), str(tmp_path / "exp"))
+    assert code == 0 and len(list((tmp_path / "exp").glob("*/*.png"))) == 30
+    code, out, _ = run(capsys, "info", str(s))
+    assert code == 0 and json.loads(out)["ipc"] == 3
+
+
+def test_full_reference_cli(capsys):
+    code, out, _ = run(capsys, "evaluate", "--full", "--dataset", "digits", "--imbalance", "10",
+                       "--epochs", "2", "--runs", "1", "--quiet")
+    assert code == 0 and "full digits-LT IF 10 (503 images)" in out
+
+
+def test_help_lists_registries(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "methods: " in out and "random" in out and "csdm" in out and "resnet18" in out
+
+
+def test_print_config_and_list(capsys):
+    code, out, _ = run(capsys, "distill", "--method", "herding", "--print-config", "-s", "embed_epochs=3")
+    assert code == 0 and json.loads(out)["options"]["embed_epochs"] == 3
+    code, out, _ = run(capsys, "list", "--keys", "kcenter")
+    assert code == 0 and "options.net" in out
+
+
+def _bad_tar_root(tmp_path):
+    x, y = fake_images(2, 10)
+    names = [f"c{i}" for i in range(10)]
+    write_tar(tmp_path, "train", x, y, names)
+    write_tar(tmp_path, "test", x, y, names)
+    return tmp_path
+
+
+BAD = {
+    "missing data root": (["distill", "--data-root", "/no/such/dir"], "does not exist"),
+    "ipc 0": (["distill", "--dataset", "digits", "--ipc", "0"], "ipc must be at least 1"),
+    "unknown method": (["distill", "--dataset", "digits", "--method", "magic"], "unknown method 'magic'"),
+    "unknown override": (["distill", "--dataset", "digits", "-s", "lr=3"], "unknown config key 'lr'"),
+    "bad override type": (["distill", "--dataset", "digits", "-s", "ipc=x"], "expects an integer"),
+    "unknown dataset": (["distill", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    "unknown preset": (["distill", "--preset", "nope"], "no config file or preset"),
+    "missing set": (["evaluate", "/no/set.pt"], "no distilled set"),
+    "no set given": (["evaluate"], "give a distilled set"),
+    "unknown device": (["distill", "--dataset", "digits", "--device", "tpu9"], "device"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_clear_line(case, capsys, tmp_path):
+    argv, msg = BAD[case]
+    code, out, err = run(capsys, *argv, "--out", str(tmp_path / "o.pt")) if argv[0] == "distill" else run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("ltdistill: error:") and msg in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_net_and_too_few_images(capsys, tmp_path):
+    s = tmp_path / "s.pt"
+    assert run(capsys, "distill", "--dataset", "digits", "--ipc", "1", "--out", str(s), "--quiet")[0] == 0
+    code, _, err = run(capsys, "evaluate", str(s), "--net", "lenet5")
+    assert code == 2 and "unknown net 'lenet5'" in err
+    root = _bad_tar_root(tmp_path / "d")
+    code, _, err = run(capsys, "distill", "--dataset", "cifar10", "--data-root", str(root), "--imbalance", "1",
+                       "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and "has 2 training images but the long-tailed split" in err
+
+
+def test_unknown_artifact_version_cli(capsys, tmp_path):
+    s = tmp_path / "s.pt"
+    run(capsys, "distill", "--dataset", "digits", "--ipc", "1", "--out", str(s), "--quiet")
+    d = torch.load(s, weights_only=True)
+    d["format_version"] = 7
+    torch.save(d, s)
+    code, _, err = run(capsys, "evaluate", str(s))
+    assert code == 2 and "format version 7" in err
+
+
+def test_demo_quick(tmp_path, capsys):
+    code, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path / "demo"), "--quiet")
+    assert code == 0 and "full-LT-data" in out and "random" in out
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(res["results"]) >= {"random", "kcenter", "herding", "full-LT-data"}

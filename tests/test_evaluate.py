@@ -1,0 +1,68 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from ltdistill.errors import ArtifactError, ConfigError
+from ltdistill.evaluate import EvalConfig, evaluate_full, evaluate_set, format_result, train_net
+from ltdistill.methods import distill, make_config
+
+FAST = EvalConfig(epochs=30, runs=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rand_set(digits_lt):
+    return distill(make_config("random", ipc=5, seed=0), digits_lt)
+
+
+def test_eval_learns_and_reports_groups(rand_set, digits_lt):
+    res = evaluate_set(rand_set, digits_lt, FAST)
+    assert len(res.runs) == 2 and res.label_track == "hard"
+    assert res.acc_mean > 50  # chance is 10 %; digits are easy even from 50 images
+    assert len(res.per_class_mean) == 10
+    runs = [r.acc for r in res.runs]
+    assert math.isclose(res.acc_mean, sum(runs) / 2, rel_tol=1e-9)
+    # class-balanced test split: overall accuracy is the mean of per-class accuracies
+    for r in res.runs:
+        assert math.isclose(r.acc, sum(r.per_class) / 10, rel_tol=1e-6)
+    head = sum(res.per_class_mean[:3]) / 3
+    assert math.isclose(res.groups["head"], head, rel_tol=1e-9)
+    assert "tail" in format_result(res, digits_lt.class_names)
+
+
+def test_eval_is_seeded(rand_set, digits_lt):
+    cfg = EvalConfig(epochs=5, runs=1, device="cpu", seed=4)
+    a, b = evaluate_set(rand_set, digits_lt, cfg), evaluate_set(rand_set, digits_lt, cfg)
+    assert a.runs[0].per_class == b.runs[0].per_class and a.runs[0].final_loss == b.runs[0].final_loss
+
+
+def test_soft_labels_track(rand_set, digits_lt):
+    s = distill(make_config("random", ipc=5, seed=0), digits_lt)
+    s.soft_labels = torch.nn.functional.one_hot(s.labels, 10).float()
+    cfg = EvalConfig(epochs=5, runs=1, device="cpu")
+    soft, hard = evaluate_set(s, digits_lt, cfg), evaluate_set(rand_set, digits_lt, cfg)
+    assert soft.label_track == "soft"
+    # one-hot soft labels are hard labels: same seed, same training, same result
+    assert soft.runs[0].per_class == pytest.approx(hard.runs[0].per_class)
+    with pytest.raises(ConfigError, match="no soft labels"):
+        evaluate_set(rand_set, digits_lt, EvalConfig(labels="soft", runs=1, epochs=1))
+
+
+def test_full_dataset_reference(digits_lt):
+    res = evaluate_full(digits_lt, EvalConfig(epochs=20, runs=1, device="cpu"))
+    assert res.acc_mean > 50
+
+
+def test_nan_loss_is_a_clear_error(digits_lt):
+    from ltdistill.errors import TrainingError
+
+    x = torch.full((10, 1, 8, 8), float("nan"))
+    with pytest.raises(TrainingError, match="diverged"):
+        train_net(x, torch.arange(10), digits_lt, EvalConfig(epochs=1, runs=1, device="cpu", dsa=False), 0)
+
+
+def test_set_for_another_dataset_is_refused(rand_set, digits_lt):
+    other = dataclasses.replace(rand_set, class_names=[f"x{i}" for i in range(10)])
+    with pytest.raises(ArtifactError, match="do not match"):
+        evaluate_set(other, digits_lt, FAST)
