@@ -49,6 +49,10 @@ def build_distill_config(args: argparse.Namespace):
             cfg = apply_dict(cfg, {k: v})
     if args.download:
         cfg = apply_dict(cfg, {"data.download": True})
+    if args.resume:
+        if "options.resume" not in valid_keys(cfg):
+            raise ConfigError(f"method {method!r} is not iterative: nothing to resume")
+        cfg = apply_dict(cfg, {"options.resume": True})
     return apply_overrides(cfg, args.set)
 
 
@@ -62,7 +66,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     t0 = time.perf_counter()
-    s = distill(cfg, show_progress=not args.quiet, workdir=str(out.parent))
+    s = distill(cfg, show_progress=not args.quiet, run_prefix=str(out.with_suffix("")))
     save_set(s, out)
     _write_json(out.with_suffix(".config.json"), to_dict(cfg))
     counts = s.dataset["class_counts"]
@@ -193,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method")
     d.add_argument("--out", default="set.pt")
     d.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    d.add_argument("--resume", action="store_true", help="continue from <out>.ckpt when it exists")
     common(d)
     d.set_defaults(func=cmd_distill)
 

@@ -61,7 +61,7 @@ class RunContext:
     fill: str
     options: Any
     show_progress: bool = False
-    workdir: str | None = None  # where long runs may checkpoint (next to the output)
+    run_prefix: str | None = None  # long runs write <prefix>.ckpt and <prefix>.loss.jsonl
 
 
 class Method:
@@ -118,7 +118,7 @@ def validate(cfg: DistillConfig) -> None:
 
 
 def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool = False,
-            workdir: str | None = None) -> DistilledSet:
+            run_prefix: str | None = None) -> DistilledSet:
     """Run ``cfg.method`` on the long-tailed split and return the distilled set."""
     validate(cfg)
     cls = METHODS.get(cfg.method)
@@ -128,7 +128,7 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         d = cfg.data
         data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download)
     ctx = RunContext(cfg.ipc, cfg.seed, resolve_device(cfg.device), cfg.fill, cfg.options,
-                     show_progress, workdir)
+                     show_progress, run_prefix)
     t0 = time.perf_counter()
     images, labels, extra = cls().run(data, ctx)
     extra = dict(extra)

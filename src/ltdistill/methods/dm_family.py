@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from ..discrepancy import (
-    alpha_map, cfd_class_loss, csdm_class_loss, kernel_mmd2, linear_mmd, sample_frequencies, sdd,
+    alpha_map,
+    cfd_class_loss,
+    csdm_class_loss,
+    kernel_mmd2,
+    linear_mmd,
+    sample_frequencies,
+    sdd,
 )
 from ..errors import ConfigError
 from .base import register_method

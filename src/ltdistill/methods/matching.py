@@ -125,7 +125,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     class_idx = [data.train.indices_of(c) for c in range(data.num_classes)]
     ipc = ctx.ipc
 
-    prefix = Path(ctx.workdir) if ctx.workdir else None
+    prefix = Path(ctx.run_prefix) if ctx.run_prefix else None
     ckpt = prefix.with_name(prefix.name + ".ckpt") if prefix else None
     log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix else None
     identity = {"dataset": data.split_record(), "ipc": ipc, "seed": ctx.seed,
