@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from ltdistill.discrepancy import (
-    alpha_map, amplitude_phase, cfd_class_loss, csdm_class_loss, ecf, kernel_mmd2, linear_mmd,
-    sample_frequencies, sdd,
+    alpha_map,
+    amplitude_phase,
+    cfd_class_loss,
+    csdm_class_loss,
+    ecf,
+    kernel_mmd2,
+    linear_mmd,
+    sample_frequencies,
+    sdd,
 )
 from ltdistill.errors import ConfigError
 

@@ -7,8 +7,7 @@ import torch
 
 from ltdistill.config import apply_overrides
 from ltdistill.errors import ConfigError, TrainingError
-from ltdistill.methods import distill, list_methods, make_config
-from ltdistill.methods import dm_family
+from ltdistill.methods import distill, dm_family, list_methods, make_config
 from ltdistill.methods.matching import MatchConfig
 
 MATCHING = [m for m in list_methods() if isinstance(make_config(m).options, MatchConfig)]
