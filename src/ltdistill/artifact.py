@@ -37,6 +37,8 @@ class DistilledSet:
         seed: the run seed.
         soft_labels: optional ``N x C`` probabilities (soft-label track).
         extra: optional plain values / tensors a method adds (e.g. a loss curve summary).
+        factor: multi-formation factor f: each stored image holds f x f tiles that
+            :func:`ltdistill.multiformation.decode` turns into f*f training images.
     """
 
     images: torch.Tensor
@@ -50,6 +52,7 @@ class DistilledSet:
     seed: int
     soft_labels: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    factor: int = 1
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +60,15 @@ class DistilledSet:
 
     def ipc(self) -> int:
         return int(torch.bincount(self.labels, minlength=self.num_classes).max())
+
+    def training_tensors(self, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a network is trained on: decoded images and matching (hard or soft) labels."""
+        from .multiformation import decode
+
+        y = self.soft_labels if soft else self.labels
+        if self.factor == 1:
+            return self.images.float(), y
+        return decode(self.images.float(), self.factor), y.repeat_interleave(self.factor**2, dim=0)
 
     def denormalized(self) -> torch.Tensor:
         """Images in [0, 1] (clamped)."""
@@ -83,6 +95,7 @@ class DistilledSet:
             "config": dict(self.config),
             "seed": int(self.seed),
             "extra": dict(self.extra),
+            "factor": int(self.factor),
         }
 
     @classmethod
@@ -100,6 +113,7 @@ class DistilledSet:
                 mean=list(d["mean"]), std=list(d["std"]), dataset=dict(d["dataset"]),
                 method=str(d["method"]), config=dict(d["config"]), seed=int(d["seed"]),
                 soft_labels=d.get("soft_labels"), extra=dict(d.get("extra") or {}),
+                factor=int(d.get("factor", 1)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{where} is missing or has a malformed field: {e}") from None

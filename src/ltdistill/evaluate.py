@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .augment import DSAConfig, dsa
 from .data import LTData
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 from .nets import init_net
 from .utils import derive_seed, make_generator, resolve_device
 
@@ -41,6 +41,12 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"
     labels: str = "auto"  # auto (soft if the set has soft labels), hard or soft
+    # The "ncfm" profile (SPEC §4b) sets: optimizer=adamw lr=0.001 schedule=multistep
+    # batch_size=128 cutmix_p=0.5 rrc=true epochs=2000 (preset eval-ncfm).
+    optimizer: str = "sgd"  # sgd or adamw
+    schedule: str = "half"  # half (x0.1 at half, optimiser reset: DM) or multistep (x0.5 at 1/5..4/5)
+    cutmix_p: float = 0.0  # probability of CutMix (beta 1) per batch
+    rrc: bool = False  # random-resized crop (scale 0.5-1, ratio 3/4-4/3) per sample
 
 
 @dataclass
@@ -123,25 +129,37 @@ def train_net(
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
 
     def make_opt(lr: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        raise ConfigError(f"optimizer must be sgd or adamw, got {cfg.optimizer!r}")
 
+    if cfg.schedule not in ("half", "multistep"):
+        raise ConfigError(f"schedule must be half or multistep, got {cfg.schedule!r}")
     opt = make_opt(cfg.lr)
+    milestones = {cfg.epochs * k // 5 for k in range(1, 5)} - {0}
     n = len(x)
     last = float("nan")
     for ep in range(cfg.epochs):
-        if cfg.lr_decay_at_half and ep == cfg.epochs // 2 and ep > 0:
+        if cfg.schedule == "half" and cfg.lr_decay_at_half and ep == cfg.epochs // 2 and ep > 0:
             opt = make_opt(cfg.lr * 0.1)  # DM's protocol: decay and a fresh optimiser
+        if cfg.schedule == "multistep" and ep in milestones:
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
         net.train()
         perm = torch.randperm(n, generator=g).to(device)
         tot, cnt = 0.0, 0
         for i in range(0, n, cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             xb = dsa(x[idx], g, dsa_cfg) if cfg.dsa else x[idx]
+            yb = y[idx] if soft else F.one_hot(y[idx], data.num_classes).to(xb.dtype)
+            if cfg.rrc:
+                xb = random_resized_crop(xb, g)
+            if cfg.cutmix_p > 0 and float(torch.rand(1, generator=g)) < cfg.cutmix_p:
+                xb, yb = cutmix(xb, yb, g)
             out = net(xb)
-            if soft:
-                loss = -(y[idx] * F.log_softmax(out, 1)).sum(1).mean()
-            else:
-                loss = F.cross_entropy(out, y[idx])
+            loss = -(yb * F.log_softmax(out, 1)).sum(1).mean()
             if not torch.isfinite(loss):
                 raise TrainingError(f"evaluation training diverged: loss {loss.item()} at epoch {ep}")
             opt.zero_grad(set_to_none=True)
@@ -154,6 +172,37 @@ def train_net(
             progress.update(1)
             progress.set_postfix(loss=f"{last:.3f}")
     return net, last
+
+
+def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per-sample random-resized crop as an affine resampling (area fraction in ``scale``)."""
+    n = x.shape[0]
+    area = torch.rand(n, generator=g) * (scale[1] - scale[0]) + scale[0]
+    logr = torch.rand(n, generator=g) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
+    r = torch.exp(logr)
+    sw = torch.sqrt(area * r).clamp(max=1.0)
+    sh = torch.sqrt(area / r).clamp(max=1.0)
+    tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sw)
+    ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - sh)
+    z = torch.zeros(n)
+    theta = torch.stack([torch.stack([sw, z, tx], 1), torch.stack([z, sh, ty], 1)], 1).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix with beta(1, 1): paste a box from a permuted batch; mix targets by box area."""
+    n, _, h, w = x.shape
+    lam = float(torch.rand(1, generator=g))  # Beta(1, 1) is uniform
+    perm = torch.randperm(n, generator=g).to(x.device)
+    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    kept = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    return x, kept * y + (1 - kept) * y[perm]
 
 
 def _summarise(runs: list[RunResult], data: LTData, track: str, cfg: EvalConfig) -> EvalResult:
@@ -191,16 +240,14 @@ def evaluate_tensors(
 
 def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False) -> EvalResult:
     """Evaluate a :class:`~ltdistill.artifact.DistilledSet` on ``data``'s test split."""
-    from .errors import ConfigError
-
     check_compatible(s, data)
     use_soft = cfg.labels == "soft" or (cfg.labels == "auto" and s.soft_labels is not None)
     if cfg.labels not in ("auto", "soft", "hard"):
         raise ConfigError(f"labels must be auto, hard or soft, got {cfg.labels!r}")
     if use_soft and s.soft_labels is None:
         raise ConfigError("labels=soft requested but the set carries no soft labels")
-    y = s.soft_labels if use_soft else s.labels
-    return evaluate_tensors(s.images.float(), y, data, cfg, show_progress)
+    x, y = s.training_tensors(soft=use_soft)
+    return evaluate_tensors(x, y, data, cfg, show_progress)
 
 
 def evaluate_full(data: LTData, cfg: EvalConfig, show_progress: bool = False) -> EvalResult:

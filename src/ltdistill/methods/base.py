@@ -137,5 +137,5 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         images=images.detach().cpu().float(), labels=labels.cpu().long(),
         class_names=list(data.class_names), mean=list(data.info.mean), std=list(data.info.std),
         dataset=data.split_record(), method=cfg.method, config=to_dict(cfg), seed=cfg.seed,
-        extra=extra,
+        extra=extra, factor=int(extra.get("factor", 1)),
     )

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..data import LTData
 from ..errors import ConfigError, TrainingError
+from ..extractors import interpolate, train_pool
+from ..multiformation import decode, encode
 from ..nets import init_net
 from ..progress import progress_bar
 from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_generator
@@ -50,6 +52,15 @@ class MatchConfig:
     checkpoint_every: int = 100  # iterations between atomic checkpoints (0: never)
     log_every: int = 10
     resume: bool = False
+    # --- the second pipeline (SPEC §4b, NCFM's); the defaults above are DM's pipeline
+    extractor: str = "random"  # random (fresh init each iteration) or pool (trained, interpolated)
+    pool_size: int = 20
+    pool_epochs: int = 20
+    pool_dir: str | None = None  # where trained pools are cached (default: the data cache)
+    factor: int = 1  # multi-formation: each stored image holds factor x factor tiles
+    calib_weight: float = 0.0  # cross-entropy of the trained extractor on the synthetic images
+    pixel_space: str = "normalized"  # normalized, or unit ([0, 1], clamped after each step)
+    per_class_steps: bool = False  # one optimiser step per class instead of per iteration
 
 
 class Matcher:
@@ -85,21 +96,48 @@ class MatchingMethod(Method):
 
 
 def _init_images(data: LTData, ctx: RunContext, cfg: MatchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored images (in ``cfg.pixel_space``) and their labels; with factor f each
+    stored image starts as a mosaic of f*f downsampled real images of its class."""
     info = data.info
+    per = ctx.ipc * cfg.factor**2
     picks, labels = [], []
     for c in range(data.num_classes):
         idx = data.train.indices_of(c)
         perm = torch.randperm(len(idx), generator=make_generator(ctx.seed, "init", c))
-        picks.append(idx[fill_indices(perm, ctx.ipc, ctx.fill, data.class_names[c])])
+        picks.append(idx[fill_indices(perm, per, ctx.fill, data.class_names[c])])
         labels += [c] * ctx.ipc
     if cfg.init == "real":
-        x = data.normalize(data.train.images[torch.cat(picks)])
+        x = data.train.images[torch.cat(picks)].float() / 255.0
+        x = encode(x, cfg.factor)
+        if cfg.pixel_space == "normalized":
+            x = _normalize(x, data)
     elif cfg.init == "noise":
         g = make_generator(ctx.seed, "init-noise")
         x = torch.randn(len(labels), info.channels, info.image_size, info.image_size, generator=g)
+        if cfg.pixel_space == "unit":
+            x = (x * 0.2 + 0.5).clamp(0, 1)
     else:
         raise ConfigError(f"init must be 'real' or 'noise', got {cfg.init!r}")
     return x, torch.tensor(labels, dtype=torch.long)
+
+
+def _normalize(x: torch.Tensor, data: LTData) -> torch.Tensor:
+    mean = torch.tensor(data.info.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(data.info.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _validate(cfg: MatchConfig) -> None:
+    if cfg.iterations < 0 or cfg.batch_real < 1:
+        raise ConfigError("iterations must be >= 0 and batch_real >= 1")
+    if cfg.extractor not in ("random", "pool"):
+        raise ConfigError(f"extractor must be 'random' or 'pool', got {cfg.extractor!r}")
+    if cfg.pixel_space not in ("normalized", "unit"):
+        raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.pixel_space!r}")
+    if cfg.calib_weight > 0 and cfg.extractor != "pool":
+        raise ConfigError("calib_weight > 0 needs extractor=pool (a trained network to calibrate with)")
+    if cfg.extractor == "pool" and (cfg.pool_size < 1 or cfg.pool_epochs < 1):
+        raise ConfigError("pool_size and pool_epochs must be at least 1")
 
 
 def _optimizer(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Optimizer:
@@ -112,8 +150,7 @@ def _optimizer(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Opti
 
 def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     cfg: MatchConfig = ctx.options
-    if cfg.iterations < 0 or cfg.batch_real < 1:
-        raise ConfigError("iterations must be >= 0 and batch_real >= 1")
+    _validate(cfg)
     dev = ctx.device
     info = data.info
     syn_init, labels = _init_images(data, ctx, cfg)
@@ -124,6 +161,26 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
     class_idx = [data.train.indices_of(c) for c in range(data.num_classes)]
     ipc = ctx.ipc
+    pool = []
+    if cfg.extractor == "pool":
+        pool = train_pool(data, cfg.net, cfg.pool_size, cfg.pool_epochs, derive_seed(ctx.seed, "pool"),
+                          str(dev), cfg.pool_dir, ctx.show_progress)
+        pool = [{k: v.to(dev) for k, v in m.items()} for m in pool]
+    trained = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(dev).requires_grad_(False)
+
+    def to_net(x: torch.Tensor) -> torch.Tensor:
+        """Stored synthetic pixels -> decoded, normalised network input."""
+        x = decode(x, cfg.factor)
+        return _normalize(x, data) if cfg.pixel_space == "unit" else x
+
+    def step() -> None:
+        if syn.grad is not None and not torch.isfinite(syn.grad).all():
+            raise TrainingError(f"gradient is NaN/inf at iteration {it}; last good checkpoint {ckpt} kept")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cfg.pixel_space == "unit":
+            with torch.no_grad():
+                syn.clamp_(0, 1)
 
     prefix = Path(ctx.run_prefix) if ctx.run_prefix else None
     ckpt = prefix.with_name(prefix.name + ".ckpt") if prefix else None
@@ -158,6 +215,11 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             g = make_generator(ctx.seed, "iter", it)
             trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size,
                              derive_seed(ctx.seed, "trunk", it)).to(dev)
+            if pool:
+                k = int(torch.randint(len(pool), (1,), generator=g))
+                lam = float(torch.rand(1, generator=g))
+                trunk.load_state_dict(interpolate(trunk.state_dict(), pool[k], lam))
+                trained.load_state_dict(pool[k])
             trunk.requires_grad_(False)
             matcher.begin(it, g)
             opt.zero_grad(set_to_none=True)
@@ -166,7 +228,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                 idx = class_idx[c]
                 pick = idx[torch.randperm(len(idx), generator=g)[: cfg.batch_real]]
                 xr = data.normalize(data.train.images[pick], dev)
-                xs = syn[c * ipc : (c + 1) * ipc]
+                xs = to_net(syn[c * ipc : (c + 1) * ipc])
                 p = sample_dsa(1, info.image_size, g, dsa_cfg, siamese=True)
                 xr, xs = apply_dsa(xr, p), apply_dsa(xs, p)
                 with torch.no_grad():
@@ -175,6 +237,9 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                 if cfg.normalize_features:
                     fr, fs = F.normalize(fr, dim=1), F.normalize(fs, dim=1)
                 loss = matcher.class_loss(c, fr, fs) * cfg.loss_scale
+                if cfg.calib_weight > 0:
+                    target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
+                    loss = loss + cfg.calib_weight * F.cross_entropy(trained(xs), target)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"loss is {loss.item()} at iteration {it} (class {data.class_names[c]!r}); "
@@ -182,10 +247,11 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                     )
                 loss.backward()  # per class: the graph of one class at a time
                 total += loss.item()
-            if syn.grad is not None and not torch.isfinite(syn.grad).all():
-                raise TrainingError(f"gradient is NaN/inf at iteration {it}; last good checkpoint {ckpt} kept")
+                if cfg.per_class_steps:
+                    step()
             matcher.after_backward()
-            opt.step()
+            if not cfg.per_class_steps:
+                step()
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4g}")
             if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
@@ -198,5 +264,8 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                 save_ckpt(it + 1)
     if ckpt is not None and cfg.iterations > start:
         save_ckpt(cfg.iterations)
-    return syn.detach().cpu(), labels, {"final_loss": history[-1]["loss"] if history else None,
-                                        "iterations_run": cfg.iterations - start}
+    images = syn.detach().cpu()
+    if cfg.pixel_space == "unit":
+        images = _normalize(images, data)  # artifacts always hold normalised images
+    return images, labels, {"final_loss": history[-1]["loss"] if history else None,
+                            "iterations_run": cfg.iterations - start, "factor": cfg.factor}
