@@ -132,6 +132,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- teacher / label
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from .data import load_lt_data
+    from .teacher import save_teacher, train_teacher
+
+    cfg = build_eval_config(args)
+    data = load_lt_data(args.dataset, args.data_root, args.imbalance, args.split_seed or 42)
+    t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet)
+    save_teacher(t, args.out)
+    print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images, "
+          f"{cfg.epochs} epochs, final loss {t['final_loss']:.3f}); wrote {args.out}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from .artifact import load_set, save_set
+    from .teacher import label_set, load_teacher
+
+    s = load_set(args.set_path)
+    t = load_teacher(args.teacher)
+    calibrate = args.calibrate or ("none" if args.tau is None else "adsa")
+    out = label_set(s, t, calibrate, args.tau, args.temperature, args.device or "auto")
+    save_set(out, args.out)
+    print(f"labelled {len(out.labels)} images with {t['net']} teacher (calibration {calibrate}, "
+          f"tau {out.extra['tau']:.3f}, temperature {args.temperature:g}); wrote {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- small commands
 def cmd_export(args: argparse.Namespace) -> int:
     from .artifact import export_imagefolder, load_set
@@ -218,6 +246,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the result as JSON here")
     common(e)
     e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("teacher", help="train a teacher on the long-tailed split (for soft labels)",
+                       epilog=_registries(), formatter_class=fmt)
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--data-root")
+    t.add_argument("--imbalance", type=float, default=100.0)
+    t.add_argument("--split-seed", type=int)
+    t.add_argument("--net")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--out", required=True)
+    common(t)
+    t.set_defaults(func=cmd_teacher, runs=None, labels=None)
+
+    lb = sub.add_parser("label", help="write a teacher's soft labels (optionally ADSA-calibrated) into a set")
+    lb.add_argument("set_path")
+    lb.add_argument("--teacher", required=True)
+    lb.add_argument("--out", required=True)
+    lb.add_argument("--calibrate", choices=["none", "adsa"])
+    lb.add_argument("--tau", type=float, help="fix the logit-adjustment strength instead of searching it")
+    lb.add_argument("--temperature", type=float, default=1.0)
+    lb.add_argument("--device")
+    lb.set_defaults(func=cmd_label)
 
     m = sub.add_parser("demo", help="end-to-end run on the embedded digits dataset (no download)")
     m.add_argument("--out", default="demo_out")

@@ -1,0 +1,97 @@
+"""Teachers and soft labels: train a net on the long-tailed split, label a set with it,
+optionally calibrated by ADSA (SPEC §6)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifact import DistilledSet
+from .calibration import adjusted_probs, adsa_search
+from .config import to_dict
+from .data import LTData
+from .errors import ArtifactError, ConfigError
+from .evaluate import EvalConfig, train_net
+from .nets import create_net
+from .utils import atomic_torch_save, resolve_device
+
+TEACHER_FORMAT = "ltdistill-teacher"
+
+
+def train_teacher(data: LTData, cfg: EvalConfig, seed: int = 0, show_progress: bool = False) -> dict[str, Any]:
+    """Train ``cfg.net`` on the whole long-tailed split (cross-entropy, DSA, seeded)."""
+    from .progress import progress_bar
+
+    with progress_bar(total=cfg.epochs, desc=f"teacher {cfg.net}", enabled=show_progress) as bar:
+        net, loss = train_net(data.normalize(data.train.images), data.train.labels, data, cfg, seed, bar)
+    return {
+        "format": TEACHER_FORMAT, "format_version": 1, "net": cfg.net,
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "class_names": list(data.class_names), "class_counts": list(data.class_counts),
+        "dataset": data.split_record(), "config": to_dict(cfg), "seed": seed, "final_loss": loss,
+        "mean": list(data.info.mean), "std": list(data.info.std),
+    }
+
+
+def save_teacher(t: dict[str, Any], path: str | Path) -> None:
+    atomic_torch_save(t, path)
+
+
+def load_teacher(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"no teacher at {path}")
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ArtifactError(f"cannot read teacher {path}: {e}") from None
+    if not isinstance(t, dict) or t.get("format") != TEACHER_FORMAT:
+        raise ArtifactError(f"{path} is not an ltdistill teacher")
+    if t.get("format_version") != 1:
+        raise ArtifactError(f"{path} has teacher format version {t.get('format_version')!r}; this reads 1")
+    return t
+
+
+@torch.no_grad()
+def teacher_logits(t: dict[str, Any], images: torch.Tensor, device: str = "auto", batch: int = 500) -> torch.Tensor:
+    dev = resolve_device(device)
+    c, h = images.shape[1], images.shape[-1]
+    net = create_net(t["net"], c, len(t["class_names"]), h)
+    net.load_state_dict(t["state_dict"])
+    net.to(dev).eval()
+    return torch.cat([net(images[i : i + batch].to(dev)).cpu() for i in range(0, len(images), batch)])
+
+
+def label_set(s: DistilledSet, t: dict[str, Any], calibrate: str = "none", tau: float | None = None,
+              temperature: float = 1.0, device: str = "auto") -> DistilledSet:
+    """A copy of ``s`` carrying the teacher's soft labels, optionally logit-adjusted.
+
+    ``calibrate='adsa'`` searches τ (SPEC §6); ``tau`` fixes it instead. The logits,
+    temperature, τ and the search curve are stored in ``extra``.
+    """
+    if len(t["class_names"]) != s.num_classes:
+        raise ConfigError(f"the teacher has {len(t['class_names'])} classes but the set has {s.num_classes}")
+    if list(t["class_names"]) != list(s.class_names):
+        raise ConfigError("the teacher's classes differ from the set's (different dataset?)")
+    if [float(v) for v in t["mean"]] != [float(v) for v in s.mean]:
+        raise ConfigError("the teacher was trained with a different normalisation than the set's")
+    if s.factor != 1:
+        raise ConfigError("soft labels for multi-formation sets (factor > 1) are not implemented yet")
+    if calibrate not in ("none", "adsa"):
+        raise ConfigError(f"calibrate must be 'none' or 'adsa', got {calibrate!r}")
+    logits = teacher_logits(t, s.images.float(), device)
+    counts = torch.tensor(t["class_counts"], dtype=torch.double)
+    prior = counts / counts.sum()
+    extra = dict(s.extra, teacher_logits=logits, temperature=float(temperature),
+                 teacher_class_counts=list(t["class_counts"]), calibration=calibrate)
+    if tau is None and calibrate == "adsa":
+        res = adsa_search(logits, s.labels, prior, temperature)
+        tau = res.tau
+        extra["tau_curve"] = [[a, b] for a, b in res.curve]
+    tau = 0.0 if tau is None else float(tau)
+    extra["tau"] = tau
+    soft = adjusted_probs(logits.double(), prior, tau, temperature).float()
+    return dataclasses.replace(s, soft_labels=soft, extra=extra)
