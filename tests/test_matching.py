@@ -97,3 +97,20 @@ def test_bad_options(digits_lt):
         distill(cfg_for("dm", "iterations=1", "init=zeros"), digits_lt)
     with pytest.raises(ConfigError, match=r"\(0, 1\)"):
         distill(cfg_for("csdm", "iterations=1", "alpha_head=1.5"), digits_lt)
+
+
+@pytest.mark.parametrize("method", MATCHING)
+def test_fast_path_computes_the_straightforward_loss(method, digits_lt):
+    """One iteration, fp32: the batched channels-last path gives the per-class path's loss
+    (relative 1e-5) and the same update (relative difference of the pixel updates < 1e-3)."""
+    init = distill(cfg_for(method, "iterations=0", ipc=3), digits_lt)
+    fast = distill(cfg_for(method, "iterations=1", "fast=true", ipc=3), digits_lt)
+    slow = distill(cfg_for(method, "iterations=1", "fast=false", "channels_last=false", ipc=3), digits_lt)
+    assert fast.extra["final_loss"] == pytest.approx(slow.extra["final_loss"], rel=1e-5)
+    du_fast, du_slow = fast.images - init.images, slow.images - init.images
+    assert float((du_fast - du_slow).norm() / du_slow.norm()) < 1e-3
+
+
+def test_bf16_option_runs(digits_lt):
+    s = distill(cfg_for("csdm", "iterations=2", "bf16=true"), digits_lt)
+    assert torch.isfinite(s.images).all()

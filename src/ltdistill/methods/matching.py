@@ -61,6 +61,10 @@ class MatchConfig:
     calib_weight: float = 0.0  # cross-entropy of the trained extractor on the synthetic images
     pixel_space: str = "normalized"  # normalized, or unit ([0, 1], clamped after each step)
     per_class_steps: bool = False  # one optimiser step per class instead of per iteration
+    # --- speed (SPEC §9 / the speed issue): same loss, faster
+    fast: bool = True  # one forward for all classes (falls back per class with batch norm or per-class steps)
+    channels_last: bool = True
+    bf16: bool = False  # bfloat16 autocast for the trunk forward (changes numerics slightly)
 
 
 class Matcher:
@@ -140,6 +144,10 @@ def _validate(cfg: MatchConfig) -> None:
         raise ConfigError("pool_size and pool_epochs must be at least 1")
 
 
+def _has_batchnorm(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def _optimizer(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr_img, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -207,6 +215,44 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         atomic_torch_save({"iteration": iteration, "images": syn.detach().cpu(), "optimizer": opt.state_dict(),
                            "matcher": matcher.state_dict(), "history": history, "identity": identity}, ckpt)
 
+    fast = cfg.fast and not cfg.per_class_steps and not _has_batchnorm(probe)
+    mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    def class_loss(c: int, fr: torch.Tensor, fs: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        fr, fs = fr.float(), fs.float()
+        if cfg.normalize_features:
+            fr, fs = F.normalize(fr, dim=1), F.normalize(fs, dim=1)
+        loss = matcher.class_loss(c, fr, fs) * cfg.loss_scale
+        if cfg.calib_weight > 0:
+            target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
+            loss = loss + cfg.calib_weight * F.cross_entropy(trained(xs), target)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss.item()} at iteration {it} (class {data.class_names[c]!r}); "
+                f"stopped before the step; the last good checkpoint ({ckpt}) is kept"
+            )
+        return loss
+
+    def _fast_step(draws: list) -> float:
+        """All classes' real images through one forward pass (no autograd graph), all
+        synthetic images through another; each class keeps its own siamese DSA draw.
+        Per-sample (instance) norm makes this equal to the per-class forward."""
+        xr = torch.cat([apply_dsa(data.normalize(data.train.images[pick], dev), p) for pick, p in draws])
+        xs_list = [apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p) for c, (_, p) in enumerate(draws)]
+        xs = torch.cat(xs_list)
+        trunk.to(memory_format=mem)
+        with torch.no_grad(), amp:
+            fr = trunk.embed(xr.contiguous(memory_format=mem))
+        with amp:
+            fs = trunk.embed(xs.contiguous(memory_format=mem))
+        sizes_r = [len(pick) for pick, _ in draws]
+        frs, fss = fr.split(sizes_r), fs.split([len(x) for x in xs_list])
+        losses = [class_loss(c, frs[c], fss[c], xs_list[c]) for c in range(len(draws))]
+        total = torch.stack(losses).sum()
+        total.backward()
+        return float(total.detach())
+
     t0 = time.perf_counter()
     with progress_bar(total=cfg.iterations, desc=f"distill {ctx.options.__class__.__name__}",
                       enabled=ctx.show_progress) as bar:
@@ -223,32 +269,27 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             trunk.requires_grad_(False)
             matcher.begin(it, g)
             opt.zero_grad(set_to_none=True)
-            total = 0.0
+            # Draw every class's real batch and DSA parameters first, in a fixed order,
+            # so both paths below consume the generator identically.
+            draws = []
             for c in range(data.num_classes):
                 idx = class_idx[c]
                 pick = idx[torch.randperm(len(idx), generator=g)[: cfg.batch_real]]
-                xr = data.normalize(data.train.images[pick], dev)
-                xs = to_net(syn[c * ipc : (c + 1) * ipc])
-                p = sample_dsa(1, info.image_size, g, dsa_cfg, siamese=True)
-                xr, xs = apply_dsa(xr, p), apply_dsa(xs, p)
-                with torch.no_grad():
-                    fr = trunk.embed(xr)
-                fs = trunk.embed(xs)
-                if cfg.normalize_features:
-                    fr, fs = F.normalize(fr, dim=1), F.normalize(fs, dim=1)
-                loss = matcher.class_loss(c, fr, fs) * cfg.loss_scale
-                if cfg.calib_weight > 0:
-                    target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
-                    loss = loss + cfg.calib_weight * F.cross_entropy(trained(xs), target)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss.item()} at iteration {it} (class {data.class_names[c]!r}); "
-                        f"stopped before the step; the last good checkpoint ({ckpt}) is kept"
-                    )
-                loss.backward()  # per class: the graph of one class at a time
-                total += loss.item()
-                if cfg.per_class_steps:
-                    step()
+                draws.append((pick, sample_dsa(1, info.image_size, g, dsa_cfg, siamese=True)))
+            if fast:
+                total = _fast_step(draws)
+            else:
+                total = 0.0
+                for c, (pick, p) in enumerate(draws):
+                    xr = apply_dsa(data.normalize(data.train.images[pick], dev), p)
+                    xs = apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p)
+                    with torch.no_grad():
+                        fr = trunk.embed(xr)
+                    loss = class_loss(c, fr, trunk.embed(xs), xs)
+                    loss.backward()  # per class: the graph of one class at a time
+                    total += loss.item()
+                    if cfg.per_class_steps:
+                        step()
             matcher.after_backward()
             if not cfg.per_class_steps:
                 step()
