@@ -54,10 +54,16 @@ KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "ev
 
 
 def commit() -> str:
+    """HEAD when this process started, plus '+dirty' when the working tree differs from it."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True).strip()
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "bench"], cwd=HERE).returncode != 0
+        return head + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
         return "unknown"
+
+
+COMMIT = commit()  # taken once at start: the code this process actually runs
 
 
 def done_keys() -> set[tuple]:
@@ -101,7 +107,7 @@ def run_cell(imb: float, method: str, net: str, proto_name: str, data_root: str,
         "acc_mean": res.acc_mean, "acc_std": res.acc_std, "per_class": res.per_class_mean,
         "head": res.groups["head"], "medium": res.groups["medium"], "tail": res.groups["tail"],
         "distill_seconds": round(distill_s, 1), "eval_seconds": round(eval_s, 1), "seed": seed,
-        "commit": commit(), "date": dt.date.today().isoformat(), "protocol": proto_name,
+        "commit": COMMIT, "date": dt.date.today().isoformat(), "protocol": proto_name,
         "run_accs": [r.acc for r in res.runs], "method_config": cfg_used, "torch": torch.__version__,
     }
 
