@@ -60,7 +60,26 @@ def _norm(kind: str, c: int) -> nn.Module:
     raise ConfigError(f"unknown norm {kind!r}; choose instancenorm, batchnorm or none")
 
 
-class ConvNet(nn.Module):
+class _Net(nn.Module):
+    """``features`` then a linear ``classifier``; ``embed`` is the flattened feature map."""
+
+    features: nn.Module
+    classifier: nn.Module
+    feature_dim: int
+
+    def _head(self, channels: int, image_size: int, num_classes: int) -> None:
+        with torch.no_grad():
+            self.feature_dim = self.embed(torch.zeros(1, channels, image_size, image_size)).shape[1]
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class ConvNet(_Net):
     """DM's ConvNet: depth x [conv3x3 -> norm -> ReLU -> avgpool2], then a linear layer.
 
     ``depth=None`` follows the image size: pool until the map is 4x4 or smaller
@@ -81,17 +100,10 @@ class ConvNet(nn.Module):
                        nn.AvgPool2d(2, 2)]
             c, s = width, s // 2
         self.features = nn.Sequential(*layers)
-        self.feature_dim = width * s * s
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self._head(channels, image_size, num_classes)
 
 
-class AlexNet(nn.Module):
+class AlexNet(_Net):
     """DM's 32x32 AlexNet (no norm by default)."""
 
     def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "none") -> None:
@@ -107,18 +119,10 @@ class AlexNet(nn.Module):
             nn.Conv2d(192, 192, 3, padding=1), _norm(norm, 192), nn.ReLU(inplace=True),
             nn.MaxPool2d(2, 2),
         )
-        with torch.no_grad():
-            self.feature_dim = self.features(torch.zeros(1, channels, image_size, image_size)).numel()
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self._head(channels, image_size, num_classes)
 
 
-class VGG11(nn.Module):
+class VGG11(_Net):
     """DM's VGG-11: five conv stages with max pooling, then a linear layer on 512 features."""
 
     CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -137,15 +141,7 @@ class VGG11(nn.Module):
                 layers += [nn.Conv2d(c, v, 3, padding=pad), _norm(norm, v), nn.ReLU(inplace=True)]
                 c = v
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            self.feature_dim = self.features(torch.zeros(1, channels, image_size, image_size)).numel()
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self._head(channels, image_size, num_classes)
 
 
 class _BasicBlock(nn.Module):
@@ -165,7 +161,7 @@ class _BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(_Net):
     """DM's CIFAR ResNet-18: 3x3 stem, no max-pool, [2, 2, 2, 2] basic blocks, global average pool."""
 
     def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "instancenorm") -> None:
@@ -178,8 +174,7 @@ class ResNet18(nn.Module):
                 blocks.append(_BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm))
                 cin = cout
         self.layers = nn.Sequential(*blocks)
-        self.feature_dim = 512
-        self.classifier = nn.Linear(512, num_classes)
+        self._head(channels, image_size, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)

@@ -98,6 +98,16 @@ def herding_order(f: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def _select_in_feature_space(data: LTData, ctx: RunContext, order_fn):
+    """Per class, ``order_fn(c, features)`` ranks the class's images; take (and fill) IPC of them."""
+    picks = []
+    for c, f in enumerate(class_features(data, ctx, ctx.options)):
+        order = order_fn(c, f.cpu())
+        picks.append(data.train.indices_of(c)[fill_indices(order, ctx.ipc, ctx.fill, data.class_names[c])])
+    x, y = _gather(data, picks, ctx)
+    return x, y, {}
+
+
 @register_method
 class KCenter(Method):
     name = "kcenter"
@@ -105,14 +115,11 @@ class KCenter(Method):
     description = "K-Center greedy in ConvNet feature space (random first centre from the seed)"
 
     def run(self, data: LTData, ctx: RunContext):
-        feats = class_features(data, ctx, ctx.options)
-        picks = []
-        for c, f in enumerate(feats):
+        def order(c: int, f: torch.Tensor) -> torch.Tensor:
             first = int(torch.randint(len(f), (1,), generator=make_generator(ctx.seed, "kcenter", c)))
-            order = kcenter_order(f.cpu(), ctx.ipc, first)
-            picks.append(data.train.indices_of(c)[fill_indices(order, ctx.ipc, ctx.fill, data.class_names[c])])
-        x, y = _gather(data, picks, ctx)
-        return x, y, {}
+            return kcenter_order(f, ctx.ipc, first)
+
+        return _select_in_feature_space(data, ctx, order)
 
 
 @register_method
@@ -122,10 +129,4 @@ class Herding(Method):
     description = "herding in ConvNet feature space"
 
     def run(self, data: LTData, ctx: RunContext):
-        feats = class_features(data, ctx, ctx.options)
-        picks = []
-        for c, f in enumerate(feats):
-            order = herding_order(f.cpu(), ctx.ipc)
-            picks.append(data.train.indices_of(c)[fill_indices(order, ctx.ipc, ctx.fill, data.class_names[c])])
-        x, y = _gather(data, picks, ctx)
-        return x, y, {}
+        return _select_in_feature_space(data, ctx, lambda c, f: herding_order(f, ctx.ipc))
