@@ -66,3 +66,14 @@ def test_set_for_another_dataset_is_refused(rand_set, digits_lt):
     other = dataclasses.replace(rand_set, class_names=[f"x{i}" for i in range(10)])
     with pytest.raises(ArtifactError, match="do not match"):
         evaluate_set(other, digits_lt, FAST)
+
+
+@pytest.mark.parametrize("net", ["convnet", "convnet_bn"])
+def test_runs_trained_together_equal_runs_one_by_one(net, rand_set, digits_lt):
+    """Batched (vmap) training of R nets gives each net the one-by-one result (float tolerance)."""
+    cfg = EvalConfig(net=net, epochs=8, runs=3, device="cpu", batch_size=16)
+    together = evaluate_set(rand_set, digits_lt, dataclasses.replace(cfg, batched_runs=True))
+    alone = evaluate_set(rand_set, digits_lt, cfg)
+    for a, b in zip(together.runs, alone.runs):
+        assert a.final_loss == pytest.approx(b.final_loss, rel=1e-4)
+        assert sum(abs(p - q) for p, q in zip(a.per_class, b.per_class)) <= 2 * 2.0  # at most ~2 test images differ
