@@ -72,6 +72,7 @@ def main() -> int:
         if cross:
             out += ["", "### Cross-architecture", "", "| IF | method | net | accuracy |", "|---|---|---|---|"]
             out += [f"| {r['imbalance']:g} | {r['method']} | {r['net']} | {fmt(r)} |" for r in cross]
+        out += targets(cell)
         plot = plot_per_class(main_rows, 100, proto)
         if plot:
             out += ["", f"![per-class accuracy at IF 100]({plot.name})", ""]
@@ -82,6 +83,23 @@ def main() -> int:
     (RES / "ACCURACY.md").write_text("\n".join(out))
     print(f"wrote {RES / 'ACCURACY.md'}")
     return 0
+
+
+def targets(cell: dict) -> list[str]:
+    """The benchmark issue's targets at IF 100, computed from the rows present."""
+    c, r, d = (cell.get((m, "dm", 100.0)) or cell.get((m, "dm", 100)) for m in ("csdm", "random", "dm"))
+    lines = ["", "### Targets (IF 100, pipeline dm), computed from the rows above", ""]
+    if not c:
+        return lines + ["No CSDM row at IF 100 yet.", ""]
+    if r:
+        gap = c["acc_mean"] - r["acc_mean"]
+        lines.append(f"- CSDM ≥ random + 20 points: {'met' if gap >= 20 else 'missed'} ({gap:+.1f})")
+    if d:
+        gap = c["acc_mean"] - d["acc_mean"]
+        lines.append(f"- CSDM ≥ DM + 5 points: {'met' if gap >= 5 else 'missed'} ({gap:+.1f})")
+        t = c["tail"] - d["tail"]
+        lines.append(f"- CSDM above DM on the tail group: {'met' if t > 0 else 'missed'} ({t:+.1f})")
+    return lines + [""]
 
 
 def plot_per_class(rows: list[dict], imb: float, proto: str) -> Path | None:

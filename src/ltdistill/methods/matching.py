@@ -62,7 +62,10 @@ class MatchConfig:
     pixel_space: str = "normalized"  # normalized, or unit ([0, 1], clamped after each step)
     per_class_steps: bool = False  # one optimiser step per class instead of per iteration
     # --- speed (SPEC §9 / the speed issue): same loss, faster
-    fast: bool = True  # one forward for all classes (falls back per class with batch norm or per-class steps)
+    # One forward for all classes (falls back per class with batch norm or per-class steps).
+    # Off by default: at paper scale on the 2-core CPU it measured 0.84-1.09x the per-class
+    # path's speed with 3.4x its peak memory (bench/results/throughput.json).
+    fast: bool = False
     channels_last: bool = True
     bf16: bool = False  # bfloat16 autocast for the trunk forward (changes numerics slightly)
 
