@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .augment import DSAConfig, dsa
 from .data import LTData
 from .errors import ConfigError, TrainingError
-from .nets import init_net
+from .nets import has_batchnorm, init_net
 from .utils import derive_seed, make_generator, resolve_device
 
 
@@ -155,8 +155,7 @@ def train_nets(
     gens = [make_generator(s, "train") for s in seeds]
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
     R = len(nets)
-    batched = R > 1 and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                for m in nets[0].modules())
+    batched = R > 1 and not has_batchnorm(nets[0])
     if batched:
         params, buffers = stack_module_state(nets)
         base = copy.deepcopy(nets[0]).to("meta")

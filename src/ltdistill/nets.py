@@ -50,6 +50,11 @@ def init_net(name: str, channels: int, num_classes: int, image_size: int, seed: 
         return create_net(name, channels, num_classes, image_size, **kwargs)
 
 
+def has_batchnorm(net: nn.Module) -> bool:
+    """Whether ``net`` normalises over the batch (so per-sample tricks change its output)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def _norm(kind: str, c: int) -> nn.Module:
     if kind == "instancenorm":
         return nn.GroupNorm(c, c, affine=True)

@@ -27,7 +27,7 @@ from ..data import LTData
 from ..errors import ConfigError, TrainingError
 from ..extractors import interpolate, train_pool
 from ..multiformation import decode, encode
-from ..nets import init_net
+from ..nets import has_batchnorm, init_net
 from ..progress import progress_bar
 from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_generator
 from .base import Method, RunContext, fill_indices
@@ -147,10 +147,6 @@ def _validate(cfg: MatchConfig) -> None:
         raise ConfigError("pool_size and pool_epochs must be at least 1")
 
 
-def _has_batchnorm(net: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
 def _optimizer(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr_img, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -218,7 +214,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         atomic_torch_save({"iteration": iteration, "images": syn.detach().cpu(), "optimizer": opt.state_dict(),
                            "matcher": matcher.state_dict(), "history": history, "identity": identity}, ckpt)
 
-    fast = cfg.fast and not cfg.per_class_steps and not _has_batchnorm(probe)
+    fast = cfg.fast and not cfg.per_class_steps and not has_batchnorm(probe)
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
