@@ -11,6 +11,14 @@ IPC 10; distillation 1000 iterations with batch_real 64 (pipeline ``dm``,
 SPEC §4); evaluation ConvNet-3 (or the cell's net), 300 epochs, 3 runs, final
 epoch; everything else the paper protocol (SPEC §7).
 
+Label tracks (SPEC §6): ``hard``; ``soft`` = the teacher's softmax (T = 1) on the
+set's images; ``adsa`` = the same logits adjusted by τ·log π with τ searched by
+ADSA. The teacher is a ConvNet-3 trained on the whole long-tailed split with the
+evaluation trainer for ``teacher_epochs`` epochs (seeded, cached under
+``bench/sets/``); the same network, tested once, is the ``full`` reference row
+(``runs`` 1, ``eval_epochs`` = teacher epochs: a smaller budget than the
+distilled cells' evaluation, stated in the row).
+
     python bench/accuracy.py --data-root ../shared/datasets/cifar10 --grid if100-core
 """
 
@@ -29,13 +37,16 @@ import torch
 import ltdistill as ld
 from ltdistill.config import apply_overrides
 from ltdistill.methods.matching import MatchConfig
+from ltdistill.utils import resolve_device
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "accuracy.jsonl"
 SETS = HERE / "sets"
 
 PROTOCOLS = {
-    "cpu-v1": {"ipc": 10, "iterations": 1000, "batch_real": 64, "eval_epochs": 300, "runs": 3},
+    "cpu-v1": {"ipc": 10, "iterations": 1000, "batch_real": 64, "eval_epochs": 300, "runs": 3, "teacher_epochs": 20},
+    # a seconds-long check that the runner works end to end (use with --out-dir)
+    "smoke": {"ipc": 2, "iterations": 2, "batch_real": 8, "eval_epochs": 1, "runs": 1, "teacher_epochs": 1},
 }
 # Method settings used by the benchmark (beyond the library defaults). Untuned
 # until the validation search of the benchmark issue has run; recorded per cell.
@@ -45,10 +56,14 @@ METHOD_OVERRIDES = {
     "mmd": ["lr_img=10"],
     "ncfm": ["lr_img=10"],
 }
-GRIDS = {
-    "if100-core": [(100, m, "convnet") for m in ("random", "dm", "csdm")],
-    "core": [(imb, m, "convnet") for imb in (100, 10, 200, 50) for m in ("random", "dm", "csdm", "mmd", "ncfm")],
-    "cross-arch": [(100, m, net) for m in ("random", "dm", "csdm") for net in ("resnet18", "vgg11", "alexnet")],
+BASE = ("random", "dm", "csdm")
+GRIDS = {  # cells: (imbalance, method, net, labels)
+    "if100-core": [(100, m, "convnet", "hard") for m in BASE],
+    "core": [(imb, m, "convnet", "hard") for imb in (100, 10, 200, 50) for m in (*BASE, "mmd", "ncfm")],
+    "cross-arch": [(100, m, net, "hard") for m in BASE for net in ("resnet18", "vgg11", "alexnet")],
+    "labels": [(imb, m, "convnet", lab) for imb in (100, 200) for m in BASE for lab in ("hard", "soft", "adsa")],
+    "full": [(imb, "full", "convnet", "hard") for imb in (100, 200, 10, 50)],
+    "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
 KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "eval_profile", "net", "protocol")
 
@@ -66,50 +81,114 @@ def commit() -> str:
 COMMIT = commit()  # taken once at start: the code this process actually runs
 
 
-def done_keys() -> set[tuple]:
+def load_rows() -> list[dict]:
     if not RESULTS.is_file():
-        return set()
-    return {tuple(json.loads(line)[k] for k in KEY_FIELDS) for line in RESULTS.read_text().splitlines() if line}
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
-def run_cell(imb: float, method: str, net: str, proto_name: str, data_root: str, seed: int) -> dict:
+def done_keys() -> set[tuple]:
+    return {tuple(r[k] for k in KEY_FIELDS) for r in load_rows()}
+
+
+def set_path(proto_name: str, imb: float, method: str, seed: int) -> Path:
+    return SETS / f"{proto_name}-cifar10-if{imb:g}-ipc{PROTOCOLS[proto_name]['ipc']}-{method}-s{seed}.pt"
+
+
+def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed: int):
+    """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
+    proto = PROTOCOLS[proto_name]
+    path = set_path(proto_name, imb, method, seed)
+    if path.is_file():
+        s = ld.load_set(path)
+        if "distill_seconds" in s.extra:
+            return s, float(s.extra["distill_seconds"])
+        hard = [r for r in load_rows() if (r["protocol"], r["imbalance"], r["method"], r["seed"]) ==
+                (proto_name, imb, method, seed) and r["labels"] == "hard"]  # sets saved before the field existed
+        return s, float(hard[0]["distill_seconds"]) if hard else float("nan")
+    cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
+    cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
+    if isinstance(cfg.options, MatchConfig):
+        cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
+                                    *METHOD_OVERRIDES.get(method, [])])
+    t0 = time.perf_counter()
+    s = ld.distill(cfg, data, run_prefix=str(path.with_suffix("")))
+    seconds = time.perf_counter() - t0
+    s.extra["distill_seconds"] = seconds
+    ld.save_set(s, path)
+    return s, seconds
+
+
+def get_teacher(imb: float, proto_name: str, data, seed: int) -> tuple[dict, dict]:
+    """The ConvNet-3 teacher on the whole LT split (cached) and its test result."""
+    from ltdistill.evaluate import test_accuracy
+    from ltdistill.teacher import load_teacher, save_teacher, train_teacher
+
+    path = SETS / f"{proto_name}-cifar10-if{imb:g}-teacher-convnet-s{seed}.pt"
+    meta_path = path.with_suffix(".json")
+    epochs = PROTOCOLS[proto_name]["teacher_epochs"]
+    if path.is_file():
+        t = load_teacher(path)
+    else:
+        print(f"  training teacher (IF {imb:g}, {epochs} epochs) ...", flush=True)
+        t0 = time.perf_counter()
+        t = train_teacher(data, ld.EvalConfig(net="convnet", epochs=epochs, runs=1, seed=seed), seed)
+        t["train_seconds"] = time.perf_counter() - t0
+        save_teacher(t, path)
+    if meta_path.is_file():
+        return t, json.loads(meta_path.read_text())
+    net = ld.create_net("convnet", data.info.channels, data.num_classes, data.train.images.shape[-1])
+    net.load_state_dict(t["state_dict"])
+    acc, per_class = test_accuracy(net, data, resolve_device("auto"))
+    groups = {g: sum(per_class[c] for c in cls) / len(cls) for g, cls in data.groups().items()}
+    meta = {"net": "convnet", "epochs": epochs, "seed": seed, "train_seconds": round(t.get("train_seconds", 0.0), 1),
+            "acc": acc, "per_class": per_class, **groups, "final_loss": t["final_loss"], "commit": COMMIT}
+    meta_path.write_text(json.dumps(meta))
+    return t, meta
+
+
+def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, data_root: str, seed: int) -> dict:
+    from ltdistill.teacher import label_set
+
     proto = PROTOCOLS[proto_name]
     data = ld.load_lt_data("cifar10", data_root, imbalance=imb)
-    ecfg = ld.EvalConfig(net=net, epochs=proto["eval_epochs"], runs=proto["runs"], seed=seed)
-    t0 = time.perf_counter()
-    if method == "full":
-        distill_s, cfg_used = 0.0, {}
-        res = ld.evaluate_full(data, ecfg)
+    ecfg = ld.EvalConfig(net=net, epochs=proto["eval_epochs"], runs=proto["runs"], seed=seed,
+                         labels="hard" if labels == "hard" else "soft")
+    extra: dict = {}
+    if method == "full":  # the teacher itself, tested once
+        _, meta = get_teacher(imb, proto_name, data, seed)
+        rec = {"acc_mean": meta["acc"], "acc_std": 0.0, "per_class": meta["per_class"], "head": meta["head"],
+               "medium": meta["medium"], "tail": meta["tail"], "distill_seconds": 0.0,
+               "eval_seconds": meta["train_seconds"], "eval_epochs": meta["epochs"], "runs": 1,
+               "run_accs": [meta["acc"]], "method_config": {}}
     else:
-        set_path = SETS / f"{proto_name}-cifar10-if{imb:g}-ipc{proto['ipc']}-{method}-s{seed}.pt"
-        cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
-        cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
-        if isinstance(cfg.options, MatchConfig):
-            cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
-                                        *METHOD_OVERRIDES.get(method, [])])
-        if set_path.is_file():
-            s = ld.load_set(set_path)
-            distill_s = float(s.extra.get("distill_seconds", 0.0))
-        else:
-            s = ld.distill(cfg, data, run_prefix=str(set_path.with_suffix("")))
-            distill_s = time.perf_counter() - t0
-            ld.save_set(s, set_path)
+        s, distill_s = get_set(imb, method, proto_name, data, data_root, seed)
         cfg_used = s.config
+        if labels != "hard":
+            t, meta = get_teacher(imb, proto_name, data, seed)
+            s = label_set(s, t, calibrate="adsa" if labels == "adsa" else "none")
+            extra = {"teacher": {k: meta[k] for k in ("net", "epochs", "acc", "head", "medium", "tail")},
+                     "tau": s.extra["tau"], "temperature": s.extra["temperature"]}
         t0 = time.perf_counter()
         res = ld.evaluate_set(s, data, ecfg)
-    eval_s = time.perf_counter() - t0
-    return {
-        "dataset": "cifar10", "imbalance": imb, "ipc": proto["ipc"], "method": method, "labels": "hard",
+        rec = {"acc_mean": res.acc_mean, "acc_std": res.acc_std, "per_class": res.per_class_mean,
+               "head": res.groups["head"], "medium": res.groups["medium"], "tail": res.groups["tail"],
+               "distill_seconds": round(distill_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+               "eval_epochs": proto["eval_epochs"], "runs": proto["runs"], "run_accs": [r.acc for r in res.runs],
+               "method_config": cfg_used}
+    matched = method not in ("random", "full")
+    out = {
+        "dataset": "cifar10", "imbalance": imb, "ipc": proto["ipc"], "method": method, "labels": labels,
         "pipeline": "dm", "eval_profile": "dm", "net": net,
-        "iterations": proto["iterations"] if method not in ("random", "full") else 0,
-        "batch_real": proto["batch_real"] if method not in ("random", "full") else 0,
-        "eval_epochs": proto["eval_epochs"], "runs": proto["runs"],
-        "acc_mean": res.acc_mean, "acc_std": res.acc_std, "per_class": res.per_class_mean,
-        "head": res.groups["head"], "medium": res.groups["medium"], "tail": res.groups["tail"],
-        "distill_seconds": round(distill_s, 1), "eval_seconds": round(eval_s, 1), "seed": seed,
+        "iterations": proto["iterations"] if matched else 0, "batch_real": proto["batch_real"] if matched else 0,
+        "eval_epochs": rec["eval_epochs"], "runs": rec["runs"],
+        "acc_mean": rec["acc_mean"], "acc_std": rec["acc_std"], "per_class": rec["per_class"],
+        "head": rec["head"], "medium": rec["medium"], "tail": rec["tail"],
+        "distill_seconds": rec["distill_seconds"], "eval_seconds": rec["eval_seconds"], "seed": seed,
         "commit": COMMIT, "date": dt.date.today().isoformat(), "protocol": proto_name,
-        "run_accs": [r.acc for r in res.runs], "method_config": cfg_used, "torch": torch.__version__,
+        "run_accs": rec["run_accs"], "method_config": rec["method_config"], "torch": torch.__version__,
     }
+    return {**out, **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,19 +198,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", default="cpu-v1", choices=sorted(PROTOCOLS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full-reference", action="store_true", help="also the whole-LT-dataset row per IF")
+    p.add_argument("--out-dir", help="write results and sets here instead of bench/results and bench/sets")
     args = p.parse_args(argv)
+    if args.out_dir:
+        global RESULTS, SETS
+        RESULTS = Path(args.out_dir) / "accuracy.jsonl"
+        SETS = Path(args.out_dir) / "sets"
     cells = [c for g in args.grid for c in GRIDS[g]]
     if args.full_reference:
-        cells += [(imb, "full", "convnet") for imb in sorted({c[0] for c in cells})]
+        cells += [(imb, "full", "convnet", "hard") for imb in sorted({c[0] for c in cells})]
     SETS.mkdir(parents=True, exist_ok=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    for imb, method, net in cells:
-        key = ("cifar10", imb, PROTOCOLS[args.protocol]["ipc"], method, "hard", "dm", "dm", net, args.protocol)
+    for imb, method, net, labels in cells:
+        key = ("cifar10", imb, PROTOCOLS[args.protocol]["ipc"], method, labels, "dm", "dm", net, args.protocol)
         if key in done_keys():
             print(f"skip (done): {key}", flush=True)
             continue
-        print(f"cell: IF {imb} {method} {net} ...", flush=True)
-        rec = run_cell(imb, method, net, args.protocol, args.data_root, args.seed)
+        print(f"cell: IF {imb} {method} {net} labels {labels} ...", flush=True)
+        rec = run_cell(imb, method, net, labels, args.protocol, args.data_root, args.seed)
         with open(RESULTS, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"  {rec['acc_mean']:.2f} ± {rec['acc_std']:.2f}  head {rec['head']:.1f} medium {rec['medium']:.1f} "
