@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from ltdistill.data import longtail_counts, longtail_indices
 from ltdistill.errors import DataError
@@ -51,3 +52,32 @@ def test_short_class_is_a_clear_error():
 def test_imbalance_below_one_rejected():
     with pytest.raises(DataError, match="imbalance"):
         longtail_counts(10, 2, 0.5)
+
+
+def test_holdout_validation_is_a_disjoint_per_class_carve(digits_lt):
+    from ltdistill.data import holdout_validation
+
+    d = digits_lt
+    v = holdout_validation(d, 0.2, seed=3)
+    assert len(v.train) + len(v.test) == len(d.train)
+    for c, n in enumerate(d.class_counts):
+        k = len(v.test.indices_of(c))
+        assert k == min(max(1, round(0.2 * n)), n - 1)
+        assert v.class_counts[c] == n - k == len(v.train.indices_of(c))
+    # disjoint and drawn from the training images only (rows compared as bytes)
+    rows = lambda s: {bytes(x.numpy().tobytes()) + bytes([int(y)]) for x, y in zip(s.images, s.labels)}  # noqa: E731
+    tr, va, full = rows(v.train), rows(v.test), rows(d.train)
+    assert not (tr & va) and (tr | va) <= full
+    assert not (va & rows(d.test))
+    # deterministic in the seed, different across seeds; the original data is untouched
+    assert torch.equal(holdout_validation(d, 0.2, seed=3).test.images, v.test.images)
+    assert not torch.equal(holdout_validation(d, 0.2, seed=4).test.images, v.test.images)
+    assert v.meta["eval_split"] == "validation" and d.meta.get("eval_split") is None
+
+
+@pytest.mark.parametrize("frac", [0, 1, -0.5, 1.5])
+def test_holdout_validation_rejects_bad_fraction(digits_lt, frac):
+    from ltdistill.data import holdout_validation
+
+    with pytest.raises(DataError, match="fraction"):
+        holdout_validation(digits_lt, frac)

@@ -1,9 +1,18 @@
 """Data: readers, the long-tailed split and the dataset registry."""
 
-from .datasets import DATASETS, DatasetInfo, ImageSet, LTData, class_groups, list_datasets, load_lt_data
+from .datasets import (
+    DATASETS,
+    DatasetInfo,
+    ImageSet,
+    LTData,
+    class_groups,
+    holdout_validation,
+    list_datasets,
+    load_lt_data,
+)
 from .longtail import longtail_counts, longtail_indices
 
 __all__ = [
     "DATASETS", "DatasetInfo", "ImageSet", "LTData", "class_groups", "list_datasets",
-    "load_lt_data", "longtail_counts", "longtail_indices",
+    "holdout_validation", "load_lt_data", "longtail_counts", "longtail_indices",
 ]

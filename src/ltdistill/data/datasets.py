@@ -6,6 +6,7 @@ normalised per batch; nothing here uses a DataLoader.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,3 +230,34 @@ def load_lt_data(
         class_counts=counts,
         meta={"class_order": raw_train.class_order, "source": raw_train.source},
     )
+
+
+def holdout_validation(data: LTData, fraction: float = 0.2, seed: int = 0) -> LTData:
+    """Carve a validation split out of the long-tailed *training* split (for tuning).
+
+    Per class, ``round(fraction * n_c)`` images (at least one, and at least one
+    left for training) are drawn with ``seed`` and moved to the returned data's
+    ``test`` split; its ``train`` split holds the rest, so the imbalance profile is
+    kept. The balanced test split is never touched: tune on the result, report on
+    the original. The validation split is long-tailed too, so compare runs on its
+    class-balanced accuracy (the mean of the per-class accuracies).
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"validation fraction must lie in (0, 1), got {fraction}")
+    g = torch.Generator().manual_seed(int(seed))
+    keep, held = [], []
+    for c in range(data.num_classes):
+        idx = data.train.indices_of(c)
+        n = len(idx)
+        if n < 2:
+            raise DataError(f"class {data.class_names[c]!r} has {n} training image(s): too few to hold any out")
+        k = min(max(1, round(fraction * n)), n - 1)
+        perm = idx[torch.randperm(n, generator=g)]
+        held.append(perm[:k])
+        keep.append(perm[k:])
+    keep_idx, held_idx = torch.cat(keep).sort().values, torch.cat(held).sort().values
+    train = ImageSet(data.train.images[keep_idx], data.train.labels[keep_idx])
+    val = ImageSet(data.train.images[held_idx], data.train.labels[held_idx])
+    counts = torch.bincount(train.labels, minlength=data.num_classes).tolist()
+    meta = dict(data.meta, validation_fraction=float(fraction), validation_seed=int(seed), eval_split="validation")
+    return dataclasses.replace(data, train=train, test=val, class_counts=counts, meta=meta)
