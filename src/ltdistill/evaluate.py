@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import DSAConfig, dsa
+from .compiling import maybe_compile, should_compile
 from .data import LTData
 from .errors import ConfigError, TrainingError
 from .nets import has_batchnorm, init_net
@@ -51,6 +52,9 @@ class EvalConfig:
     # Train the R runs together through torch.func.vmap (same result as one by one). Off by
     # default: on the 2-core CPU it measured ~3x slower (145 s vs 50 s, 3 runs x 20 epochs, IPC 10).
     batched_runs: bool = False
+    # torch.compile each net's training and test forward: auto (long trainings: ~1.9x a
+    # training step on the 2-core CPU), on or off; falls back to eager if compilation fails.
+    compile: str = "auto"
 
 
 @dataclass
@@ -94,17 +98,19 @@ def _std(xs: list[float]) -> float:
 
 @torch.no_grad()
 def test_accuracy(
-    net: torch.nn.Module, data: LTData, device: torch.device, batch_size: int = 1000
+    net: torch.nn.Module, data: LTData, device: torch.device, batch_size: int = 1000, compile: str = "off"
 ) -> tuple[float, list[float]]:
     """Top-1 accuracy and per-class accuracy (percent) on the balanced test split."""
     net.eval()
+    h = data.test.images.shape[-1]
+    forward = maybe_compile(net, should_compile(compile, len(data.test) * h * h), "test forward")
     C = data.num_classes
     correct = torch.zeros(C, dtype=torch.long)
     total = torch.zeros(C, dtype=torch.long)
     for i in range(0, len(data.test), batch_size):
         x = data.normalize(data.test.images[i : i + batch_size], device)
         y = data.test.labels[i : i + batch_size]
-        pred = net(x).argmax(1).cpu()
+        pred = forward(x).argmax(1).cpu()
         total += torch.bincount(y, minlength=C)
         correct += torch.bincount(y[pred == y], minlength=C)
     per_class = (correct.double() / total.clamp(min=1).double() * 100).tolist()
@@ -163,6 +169,8 @@ def train_nets(
         trainable = list(params.values())
     else:
         trainable = [p for net in nets for p in net.parameters()]
+        work = cfg.epochs * len(x) * R * x.shape[-1] * x.shape[-2]
+        compiled = [maybe_compile(net, should_compile(cfg.compile, work), f"{cfg.net} training") for net in nets]
 
     # One optimiser over disjoint parameters equals one optimiser per net (all updates are elementwise).
     def make_opt(lr: float) -> torch.optim.Optimizer:
@@ -200,7 +208,7 @@ def train_nets(
                     xb, yb = cutmix(xb, yb, g)
                 xbs.append(xb)
                 ybs.append(yb)
-            outs = forward(params, buffers, torch.stack(xbs)) if batched else [net(xb) for net, xb in zip(nets, xbs)]
+            outs = forward(params, buffers, torch.stack(xbs)) if batched else [f(xb) for f, xb in zip(compiled, xbs)]
             losses = [-(yb * F.log_softmax(out, 1)).sum(1).mean() for out, yb in zip(outs, ybs)]
             total = torch.stack(losses).sum()
             if not torch.isfinite(total):
@@ -288,7 +296,9 @@ def evaluate_tensors(
         with progress_bar(total=cfg.epochs, desc=f"eval {cfg.net} ({len(group)} run(s), group {k + 1}/{len(groups)})",
                           enabled=show_progress) as bar:
             nets, last = train_nets(x, y, data, cfg, group, bar)
-        tested = [test_accuracy(net, data, device, cfg.test_batch_size) for net in nets]
+        work = cfg.epochs * len(x) * x.shape[-1] * x.shape[-2]  # compile the test forward with the training
+        mode = "on" if should_compile(cfg.compile, work) else "off"
+        tested = [test_accuracy(net, data, device, cfg.test_batch_size, mode) for net in nets]
         dt = (time.perf_counter() - t0) / len(group)
         runs += [RunResult(acc, per_class, dt, loss) for (acc, per_class), loss in zip(tested, last)]
     return _summarise(runs, data, track, cfg)

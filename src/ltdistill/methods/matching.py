@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..compiling import maybe_compile, should_compile
 from ..data import LTData
 from ..errors import ConfigError, TrainingError
 from ..extractors import interpolate, train_pool
@@ -68,6 +69,7 @@ class MatchConfig:
     fast: bool = False
     channels_last: bool = True
     bf16: bool = False  # bfloat16 autocast for the trunk forward (changes numerics slightly)
+    compile: str = "auto"  # torch.compile the trunk: auto (long runs), on or off; eager fallback
 
 
 class Matcher:
@@ -215,6 +217,12 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                            "matcher": matcher.state_dict(), "history": history, "identity": identity}, ckpt)
 
     fast = cfg.fast and not cfg.per_class_steps and not has_batchnorm(probe)
+    # One trunk module for the whole run, re-initialised in place each iteration, so a
+    # compiled embed is compiled once (its weights are graph inputs, not constants).
+    trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(dev)
+    trunk.requires_grad_(False)
+    work = cfg.iterations * data.num_classes * (cfg.batch_real + ipc * cfg.factor**2) * info.image_size**2
+    embed = maybe_compile(trunk.embed, should_compile(cfg.compile, work), f"{cfg.net}.embed")
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
@@ -242,9 +250,9 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         xs = torch.cat(xs_list)
         trunk.to(memory_format=mem)
         with torch.no_grad(), amp:
-            fr = trunk.embed(xr.contiguous(memory_format=mem))
+            fr = embed(xr.contiguous(memory_format=mem))
         with amp:
-            fs = trunk.embed(xs.contiguous(memory_format=mem))
+            fs = embed(xs.contiguous(memory_format=mem))
         sizes_r = [len(pick) for pick, _ in draws]
         frs, fss = fr.split(sizes_r), fs.split([len(x) for x in xs_list])
         losses = [class_loss(c, frs[c], fss[c], xs_list[c]) for c in range(len(draws))]
@@ -258,14 +266,14 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         bar.update(start)
         for it in range(start, cfg.iterations):
             g = make_generator(ctx.seed, "iter", it)
-            trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size,
-                             derive_seed(ctx.seed, "trunk", it)).to(dev)
+            fresh = init_net(cfg.net, info.channels, data.num_classes, info.image_size,
+                             derive_seed(ctx.seed, "trunk", it)).to(dev).state_dict()
             if pool:
                 k = int(torch.randint(len(pool), (1,), generator=g))
                 lam = float(torch.rand(1, generator=g))
-                trunk.load_state_dict(interpolate(trunk.state_dict(), pool[k], lam))
+                fresh = interpolate(fresh, pool[k], lam)
                 trained.load_state_dict(pool[k])
-            trunk.requires_grad_(False)
+            trunk.load_state_dict(fresh)
             matcher.begin(it, g)
             opt.zero_grad(set_to_none=True)
             # Draw every class's real batch and DSA parameters first, in a fixed order,
@@ -283,8 +291,8 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                     xr = apply_dsa(data.normalize(data.train.images[pick], dev), p)
                     xs = apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p)
                     with torch.no_grad():
-                        fr = trunk.embed(xr)
-                    loss = class_loss(c, fr, trunk.embed(xs), xs)
+                        fr = embed(xr)
+                    loss = class_loss(c, fr, embed(xs), xs)
                     loss.backward()  # per class: the graph of one class at a time
                     total += loss.item()
                     if cfg.per_class_steps:
