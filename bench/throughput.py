@@ -1,14 +1,26 @@
-"""Distillation throughput: straightforward vs fast path, per DM-family method, at paper scale.
+"""Speed: distillation throughput per path and the evaluation protocol's wall time.
 
-Paper scale: CIFAR-10-LT IF 100, IPC 10, batch_real 256, 10 classes. Each (method,
-path) runs in its own subprocess (so peak RSS is its own): ``warmup`` iterations,
-then ``iters`` timed iterations. Paths: ``straightforward`` (one eager forward per
-class, NCHW, fp32: the DM reference structure), ``fast`` (one forward for all
-classes, channels-last, no autograd for real features; the default) and
-``fast-bf16`` (the same with bfloat16 autocast). Writes
-``bench/results/throughput.json``.
+Distillation, at paper scale (CIFAR-10-LT IF 100, IPC 10, batch_real 256, 10
+classes, M = 4096). Each (method, path) runs in its own subprocess (so peak RSS is
+its own): ``warmup`` iterations (they also pay any compilation), then ``iters``
+timed iterations. Paths:
 
-    python bench/throughput.py --data-root ../shared/datasets/cifar10
+- ``straightforward``: one eager forward per class, NCHW, fp32 (the DM reference structure);
+- ``compiled``: the same per-class structure with the trunk compiled (``torch.compile``);
+- ``fast``: one forward for all classes, channels-last, compiled (``fast=true``);
+- ``fast-eager``: the one-forward path without compilation;
+- ``fast-bf16``: ``fast`` with bfloat16 autocast.
+
+Evaluation (``--eval``): the paper protocol (ConvNet-3, 1000 epochs, 5 runs, IPC 10:
+one 100-image step per epoch) timed on ``eval_epochs`` epochs of one run, eager and
+compiled, plus one full test pass; the protocol's time is extrapolated from the
+measured per-epoch and test times (every epoch is the same step) and marked so.
+
+Writes ``bench/results/throughput.json``: ``records`` (distillation) and
+``eval_protocol`` (evaluation).
+
+    python bench/throughput.py --data-root ../shared/datasets/cifar10 --methods dm,csdm,ncfm
+    python bench/throughput.py --data-root ../shared/datasets/cifar10 --eval-only
 """
 
 from __future__ import annotations
@@ -25,10 +37,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "throughput.json"
 PATHS = {
-    "straightforward": ["fast=false", "channels_last=false", "bf16=false"],
-    "fast": ["fast=true", "channels_last=true", "bf16=false"],
-    "fast-bf16": ["fast=true", "channels_last=true", "bf16=true"],
+    "straightforward": ["fast=false", "channels_last=false", "bf16=false", "compile=off"],
+    "compiled": ["fast=false", "channels_last=false", "bf16=false", "compile=on"],
+    "fast": ["fast=true", "channels_last=true", "bf16=false", "compile=on"],
+    "fast-eager": ["fast=true", "channels_last=true", "bf16=false", "compile=off"],
+    "fast-bf16": ["fast=true", "channels_last=true", "bf16=true", "compile=on"],
 }
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def one(method: str, path: str, data_root: str, iters: int, warmup: int, batch_real: int) -> dict:
@@ -43,17 +61,58 @@ def one(method: str, path: str, data_root: str, iters: int, warmup: int, batch_r
         base.append("num_freqs=4096")
     real = sum(min(batch_real, n) for n in data.class_counts)
     cfg = apply_overrides(ld.make_config(method, ipc=10, seed=0), base + [f"iterations={warmup}"])
+    t0 = time.perf_counter()
     ld.distill(cfg, data)
+    warm = time.perf_counter() - t0
     cfg = apply_overrides(cfg, [f"iterations={iters}"])
     t0 = time.perf_counter()
     ld.distill(cfg, data)
     s = (time.perf_counter() - t0) / iters
     rec = {"method": method, "path": path, "s_per_iter": round(s, 4), "real_img_per_s": round(real / s, 1),
-           "real_per_iter": real, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "real_per_iter": real, "peak_rss_mb": peak_rss_mb(), "warmup_seconds": round(warm, 1),
            "threads": torch.get_num_threads(), "iters": iters}
     if torch.cuda.is_available():
         rec["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return rec
+
+
+def one_eval(path: str, data_root: str, epochs: int) -> dict:
+    """Time ``epochs`` epochs of the paper protocol's training (one run) and one test pass."""
+    import torch
+
+    import ltdistill as ld
+    from ltdistill.evaluate import test_accuracy, train_net
+    from ltdistill.utils import resolve_device
+
+    data = ld.load_lt_data("cifar10", data_root, imbalance=100)
+    s = ld.distill(ld.make_config("random", ipc=10, seed=0), data)  # the step costs the same for any IPC-10 set
+    x, y = s.training_tensors()
+    mode = "on" if path == "compiled" else "off"
+    warm_cfg = ld.EvalConfig(epochs=2, runs=1, compile=mode)
+    t0 = time.perf_counter()
+    net, _ = train_net(x, y, data, warm_cfg, seed=0)  # pays compilation
+    test_accuracy(net, data, resolve_device("auto"), 1000, mode)
+    warm = time.perf_counter() - t0
+    cfg = ld.EvalConfig(epochs=epochs, runs=1, compile=mode)
+    t0 = time.perf_counter()
+    net, _ = train_net(x, y, data, cfg, seed=0)
+    per_epoch = (time.perf_counter() - t0) / epochs
+    t0 = time.perf_counter()
+    test_accuracy(net, data, resolve_device("auto"), 1000, mode)
+    test_s = time.perf_counter() - t0
+    protocol = 5 * (1000 * per_epoch + test_s) + warm
+    return {"path": path, "protocol": "ConvNet-3, 1000 epochs x 5 runs, IPC 10, batch 256, DSA",
+            "measured_epochs": epochs, "seconds_per_epoch": round(per_epoch, 4), "test_seconds": round(test_s, 2),
+            "compile_and_warmup_seconds": round(warm, 1), "eval_protocol_seconds": round(protocol, 1),
+            "extrapolated": True, "train_img_per_s": round(len(x) / per_epoch, 1), "peak_rss_mb": peak_rss_mb(),
+            "threads": torch.get_num_threads()}
+
+
+def _sub(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark subprocess {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,33 +121,53 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="dm,mmd,sdd,csdm,ncfm")
     p.add_argument("--paths", default=",".join(PATHS))
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-real", type=int, default=256)
+    p.add_argument("--eval-epochs", type=int, default=40)
+    p.add_argument("--eval-only", action="store_true", help="only the evaluation protocol timing")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation protocol timing")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "PATH"), help=argparse.SUPPRESS)
+    p.add_argument("--one-eval", metavar="PATH", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
         print(json.dumps(one(*a.one, a.data_root, a.iters, a.warmup, a.batch_real)))
         return 0
+    if a.one_eval:
+        print(json.dumps(one_eval(a.one_eval, a.data_root, a.eval_epochs)))
+        return 0
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                             text=True).stdout.strip()
-    records = []
-    for m in a.methods.split(","):
-        for path in a.paths.split(","):
-            out = subprocess.run([sys.executable, __file__, "--data-root", a.data_root, "--iters", str(a.iters),
-                                  "--warmup", str(a.warmup), "--batch-real", str(a.batch_real), "--one", m, path],
-                                 capture_output=True, text=True, check=True)
-            rec = json.loads(out.stdout.strip().splitlines()[-1])
-            rec.update(commit=commit, date=dt.date.today().isoformat())
-            records.append(rec)
+    stamp = {"commit": commit, "date": dt.date.today().isoformat()}
+    previous = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    records = previous.get("records", [])
+    if not a.eval_only:
+        records = []
+        for m in a.methods.split(","):
+            for path in a.paths.split(","):
+                rec = {**_sub(["--data-root", a.data_root, "--iters", str(a.iters), "--warmup", str(a.warmup),
+                               "--batch-real", str(a.batch_real), "--one", m, path]), **stamp}
+                records.append(rec)
+                print(json.dumps(rec), flush=True)
+            ref = next((r for r in records if r["method"] == m and r["path"] == "straightforward"), None)
+            for r in records:
+                if r["method"] == m and ref:
+                    r["speedup_vs_straightforward"] = round(ref["s_per_iter"] / r["s_per_iter"], 3)
+    evals = previous.get("eval_protocol", [])
+    if not a.no_eval:
+        evals = []
+        for path in ("eager", "compiled"):
+            rec = {**_sub(["--data-root", a.data_root, "--eval-epochs", str(a.eval_epochs), "--one-eval", path]),
+                   **stamp}
+            evals.append(rec)
             print(json.dumps(rec), flush=True)
-        ref = next(r for r in records if r["method"] == m and r["path"] == "straightforward")
-        for r in records:
-            if r["method"] == m:
-                r["speedup_vs_straightforward"] = round(ref["s_per_iter"] / r["s_per_iter"], 3)
+        for r in evals:
+            r["speedup_vs_eager"] = round(evals[0]["eval_protocol_seconds"] / r["eval_protocol_seconds"], 3)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"protocol": {"dataset": "cifar10", "imbalance": 100, "ipc": 10,
-                                            "batch_real": a.batch_real, "num_freqs": 4096, "iters": a.iters,
-                                            "warmup": a.warmup, "seed": 0}, "records": records}, indent=2) + "\n")
+    proto = {"dataset": "cifar10", "imbalance": 100, "ipc": 10, "batch_real": a.batch_real, "num_freqs": 4096,
+             "iters": a.iters, "warmup": a.warmup, "seed": 0}
+    OUT.write_text(json.dumps({"protocol": previous.get("protocol", proto) if a.eval_only else proto,
+                               "records": records, "eval_protocol": evals}, indent=2) + "\n")
+    print(f"wrote {OUT}")
     return 0
 
 
