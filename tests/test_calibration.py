@@ -80,3 +80,31 @@ def test_teacher_label_cli(tmp_path, capsys):
     torch.save(td, t)
     assert main(["label", str(s), "--teacher", str(t), "--out", str(out)]) == 2
     assert "teacher has 5 classes but the set has 10" in capsys.readouterr().err
+
+
+def test_multiformation_set_gets_one_soft_label_per_decoded_tile(digits_lt, tmp_path):
+    """A factor-2 set trains on 4 decoded tiles per stored image: the teacher labels each tile."""
+    from ltdistill.artifact import load_set, save_set
+    from ltdistill.config import apply_overrides
+    from ltdistill.evaluate import EvalConfig, evaluate_set
+    from ltdistill.methods import distill, make_config
+    from ltdistill.multiformation import decode
+    from ltdistill.teacher import label_set, teacher_logits, train_teacher
+
+    cfg = apply_overrides(make_config("dm", ipc=2, seed=1),
+                          ["iterations=1", "batch_real=16", "factor=2", "checkpoint_every=0", "device=cpu"])
+    s = distill(cfg, digits_lt)
+    assert s.factor == 2
+    t = train_teacher(digits_lt, EvalConfig(epochs=2, device="cpu"), seed=0)
+    out = label_set(s, t, calibrate="adsa", device="cpu")
+    n = len(s.labels)
+    assert out.soft_labels.shape == (4 * n, 10)
+    tiles = decode(s.images, 2)
+    assert torch.allclose(out.extra["teacher_logits"], teacher_logits(t, tiles, "cpu"))
+    assert torch.allclose(out.soft_labels.sum(1), torch.ones(4 * n), atol=1e-5)
+    save_set(out, tmp_path / "s.pt", grid=False)
+    back = load_set(tmp_path / "s.pt")
+    x, y = back.training_tensors(soft=True)
+    assert x.shape[0] == y.shape[0] == 4 * n
+    res = evaluate_set(back, digits_lt, EvalConfig(epochs=1, runs=1, device="cpu"))
+    assert res.label_track == "soft"

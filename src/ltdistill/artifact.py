@@ -35,7 +35,8 @@ class DistilledSet:
         dataset: split record (name, imbalance, class_counts, split_seed, ...).
         method: registered method name; ``config`` its resolved configuration.
         seed: the run seed.
-        soft_labels: optional ``N x C`` probabilities (soft-label track).
+        soft_labels: optional ``N x C`` probabilities (soft-label track); for a multi-formation
+            set (``factor`` f > 1) either ``N x C`` or one row per decoded image, ``N f² x C``.
         extra: optional plain values / tensors a method adds (e.g. a loss curve summary).
         factor: multi-formation factor f: each stored image holds f x f tiles that
             :func:`ltdistill.multiformation.decode` turns into f*f training images.
@@ -68,7 +69,9 @@ class DistilledSet:
         y = self.soft_labels if soft else self.labels
         if self.factor == 1:
             return self.images.float(), y
-        return decode(self.images.float(), self.factor), y.repeat_interleave(self.factor**2, dim=0)
+        x = decode(self.images.float(), self.factor)
+        # soft labels may hold one row per decoded image (a teacher labels each tile)
+        return x, y if len(y) == len(x) else y.repeat_interleave(self.factor**2, dim=0)
 
     def denormalized(self) -> torch.Tensor:
         """Images in [0, 1] (clamped)."""
@@ -128,7 +131,9 @@ class DistilledSet:
             raise ArtifactError(f"{where}: normalisation does not match the image channels")
         if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes):
             raise ArtifactError(f"{where}: labels outside 0..{self.num_classes - 1}")
-        if self.soft_labels is not None and tuple(self.soft_labels.shape) != (n, self.num_classes):
+        rows = (n, n * self.factor**2)  # per stored image, or per decoded image of a multi-formation set
+        if self.soft_labels is not None and (self.soft_labels.ndim != 2 or self.soft_labels.shape[0] not in rows
+                                             or self.soft_labels.shape[1] != self.num_classes):
             raise ArtifactError(f"{where}: soft labels of shape {tuple(self.soft_labels.shape)}")
         if not torch.isfinite(self.images).all():
             raise ArtifactError(f"{where}: images contain NaN or inf")

@@ -69,6 +69,8 @@ def label_set(s: DistilledSet, t: dict[str, Any], calibrate: str = "none", tau: 
               temperature: float = 1.0, device: str = "auto") -> DistilledSet:
     """A copy of ``s`` carrying the teacher's soft labels, optionally logit-adjusted.
 
+    For a multi-formation set (factor f) the labels are per decoded image (``N f² x C``).
+
     ``calibrate='adsa'`` searches τ (SPEC §6); ``tau`` fixes it instead. The logits,
     temperature, τ and the search curve are stored in ``extra``.
     """
@@ -78,17 +80,17 @@ def label_set(s: DistilledSet, t: dict[str, Any], calibrate: str = "none", tau: 
         raise ConfigError("the teacher's classes differ from the set's (different dataset?)")
     if [float(v) for v in t["mean"]] != [float(v) for v in s.mean]:
         raise ConfigError("the teacher was trained with a different normalisation than the set's")
-    if s.factor != 1:
-        raise ConfigError("soft labels for multi-formation sets (factor > 1) are not implemented yet")
     if calibrate not in ("none", "adsa"):
         raise ConfigError(f"calibrate must be 'none' or 'adsa', got {calibrate!r}")
-    logits = teacher_logits(t, s.images.float(), device)
+    # A multi-formation set is trained on its decoded tiles: the teacher labels each tile.
+    images, labels = s.training_tensors()
+    logits = teacher_logits(t, images, device)
     counts = torch.tensor(t["class_counts"], dtype=torch.double)
     prior = counts / counts.sum()
     extra = dict(s.extra, teacher_logits=logits, temperature=float(temperature),
                  teacher_class_counts=list(t["class_counts"]), calibration=calibrate)
     if tau is None and calibrate == "adsa":
-        res = adsa_search(logits, s.labels, prior, temperature)
+        res = adsa_search(logits, labels, prior, temperature)
         tau = res.tau
         extra["tau_curve"] = [[a, b] for a, b in res.curve]
     tau = 0.0 if tau is None else float(tau)
