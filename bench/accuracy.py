@@ -56,16 +56,24 @@ METHOD_OVERRIDES = {
     "mmd": ["lr_img=10"],
     "ncfm": ["lr_img=10"],
 }
+# Variants: the same method with speed options changed (recorded as ``variant``; the
+# cell key includes it, "" = the default). bf16 = bfloat16 autocast on the one-forward path.
+VARIANTS = {"": [], "bf16": ["fast=true", "bf16=true"]}
 BASE = ("random", "dm", "csdm")
-GRIDS = {  # cells: (imbalance, method, net, labels)
+GRIDS = {  # cells: (imbalance, method, net, labels[, variant])
     "if100-core": [(100, m, "convnet", "hard") for m in BASE],
     "core": [(imb, m, "convnet", "hard") for imb in (100, 10, 200, 50) for m in (*BASE, "mmd", "ncfm")],
     "cross-arch": [(100, m, net, "hard") for m in BASE for net in ("resnet18", "vgg11", "alexnet")],
     "labels": [(imb, m, "convnet", lab) for imb in (100, 200) for m in BASE for lab in ("hard", "soft", "adsa")],
     "full": [(imb, "full", "convnet", "hard") for imb in (100, 200, 10, 50)],
+    "bf16": [(100, "csdm", "convnet", "hard", "bf16")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
 KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "eval_profile", "net", "protocol")
+
+
+def row_key(r: dict) -> tuple:
+    return (*(r[k] for k in KEY_FIELDS), r.get("variant", ""))
 
 
 def commit() -> str:
@@ -88,17 +96,18 @@ def load_rows() -> list[dict]:
 
 
 def done_keys() -> set[tuple]:
-    return {tuple(r[k] for k in KEY_FIELDS) for r in load_rows()}
+    return {row_key(r) for r in load_rows()}
 
 
-def set_path(proto_name: str, imb: float, method: str, seed: int) -> Path:
-    return SETS / f"{proto_name}-cifar10-if{imb:g}-ipc{PROTOCOLS[proto_name]['ipc']}-{method}-s{seed}.pt"
+def set_path(proto_name: str, imb: float, method: str, seed: int, variant: str = "") -> Path:
+    tag = f"{method}-{variant}" if variant else method
+    return SETS / f"{proto_name}-cifar10-if{imb:g}-ipc{PROTOCOLS[proto_name]['ipc']}-{tag}-s{seed}.pt"
 
 
-def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed: int):
+def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed: int, variant: str = ""):
     """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
     proto = PROTOCOLS[proto_name]
-    path = set_path(proto_name, imb, method, seed)
+    path = set_path(proto_name, imb, method, seed, variant)
     if path.is_file():
         s = ld.load_set(path)
         if "distill_seconds" in s.extra:
@@ -110,7 +119,9 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
     if isinstance(cfg.options, MatchConfig):
         cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
-                                    *METHOD_OVERRIDES.get(method, [])])
+                                    *METHOD_OVERRIDES.get(method, []), *VARIANTS[variant]])
+    elif variant:
+        raise SystemExit(f"variant {variant!r} needs a matching method, got {method!r}")
     t0 = time.perf_counter()
     s = ld.distill(cfg, data, run_prefix=str(path.with_suffix("")))
     seconds = time.perf_counter() - t0
@@ -147,7 +158,8 @@ def get_teacher(imb: float, proto_name: str, data, seed: int) -> tuple[dict, dic
     return t, meta
 
 
-def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, data_root: str, seed: int) -> dict:
+def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, data_root: str, seed: int,
+             variant: str = "") -> dict:
     from ltdistill.teacher import label_set
 
     proto = PROTOCOLS[proto_name]
@@ -162,7 +174,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
                "eval_seconds": meta["train_seconds"], "eval_epochs": meta["epochs"], "runs": 1,
                "run_accs": [meta["acc"]], "method_config": {}}
     else:
-        s, distill_s = get_set(imb, method, proto_name, data, data_root, seed)
+        s, distill_s = get_set(imb, method, proto_name, data, data_root, seed, variant)
         cfg_used = s.config
         if labels != "hard":
             t, meta = get_teacher(imb, proto_name, data, seed)
@@ -188,6 +200,8 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
         "commit": COMMIT, "date": dt.date.today().isoformat(), "protocol": proto_name,
         "run_accs": rec["run_accs"], "method_config": rec["method_config"], "torch": torch.__version__,
     }
+    if variant:
+        out["variant"] = variant
     return {**out, **extra}
 
 
@@ -209,13 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         cells += [(imb, "full", "convnet", "hard") for imb in sorted({c[0] for c in cells})]
     SETS.mkdir(parents=True, exist_ok=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    for imb, method, net, labels in cells:
-        key = ("cifar10", imb, PROTOCOLS[args.protocol]["ipc"], method, labels, "dm", "dm", net, args.protocol)
+    for imb, method, net, labels, *rest in cells:
+        variant = rest[0] if rest else ""
+        key = ("cifar10", imb, PROTOCOLS[args.protocol]["ipc"], method, labels, "dm", "dm", net, args.protocol, variant)
         if key in done_keys():
             print(f"skip (done): {key}", flush=True)
             continue
-        print(f"cell: IF {imb} {method} {net} labels {labels} ...", flush=True)
-        rec = run_cell(imb, method, net, labels, args.protocol, args.data_root, args.seed)
+        print(f"cell: IF {imb} {method}{' ' + variant if variant else ''} {net} labels {labels} ...", flush=True)
+        rec = run_cell(imb, method, net, labels, args.protocol, args.data_root, args.seed, variant)
         with open(RESULTS, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"  {rec['acc_mean']:.2f} ± {rec['acc_std']:.2f}  head {rec['head']:.1f} medium {rec['medium']:.1f} "
