@@ -56,9 +56,11 @@ METHOD_OVERRIDES = {
     "mmd": ["lr_img=10"],
     "ncfm": ["lr_img=10"],
 }
-# Variants: the same method with speed options changed (recorded as ``variant``; the
-# cell key includes it, "" = the default). bf16 = bfloat16 autocast on the one-forward path.
-VARIANTS = {"": [], "bf16": ["fast=true", "bf16=true"]}
+# Variants: the same cell with speed options changed (recorded as ``variant``; the cell
+# key includes it, "" = the default): (distillation overrides, evaluation bf16).
+# bf16 = bfloat16 autocast in distillation (one-forward path); bf16-eval = the default
+# set evaluated with bfloat16 autocast.
+VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True)}
 BASE = ("random", "dm", "csdm")
 GRIDS = {  # cells: (imbalance, method, net, labels[, variant])
     "if100-core": [(100, m, "convnet", "hard") for m in BASE],
@@ -66,7 +68,7 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant])
     "cross-arch": [(100, m, net, "hard") for m in BASE for net in ("resnet18", "vgg11", "alexnet")],
     "labels": [(imb, m, "convnet", lab) for imb in (100, 200) for m in BASE for lab in ("hard", "soft", "adsa")],
     "full": [(imb, "full", "convnet", "hard") for imb in (100, 200, 10, 50)],
-    "bf16": [(100, "csdm", "convnet", "hard", "bf16")],
+    "bf16": [(100, "csdm", "convnet", "hard", "bf16"), (100, "csdm", "convnet", "hard", "bf16-eval")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
 KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "eval_profile", "net", "protocol")
@@ -107,7 +109,8 @@ def set_path(proto_name: str, imb: float, method: str, seed: int, variant: str =
 def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed: int, variant: str = ""):
     """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
     proto = PROTOCOLS[proto_name]
-    path = set_path(proto_name, imb, method, seed, variant)
+    distill_overrides = VARIANTS[variant][0]
+    path = set_path(proto_name, imb, method, seed, variant if distill_overrides else "")
     if path.is_file():
         s = ld.load_set(path)
         if "distill_seconds" in s.extra:
@@ -119,8 +122,8 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
     if isinstance(cfg.options, MatchConfig):
         cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
-                                    *METHOD_OVERRIDES.get(method, []), *VARIANTS[variant]])
-    elif variant:
+                                    *METHOD_OVERRIDES.get(method, []), *distill_overrides])
+    elif distill_overrides:
         raise SystemExit(f"variant {variant!r} needs a matching method, got {method!r}")
     t0 = time.perf_counter()
     s = ld.distill(cfg, data, run_prefix=str(path.with_suffix("")))
@@ -165,7 +168,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
     proto = PROTOCOLS[proto_name]
     data = ld.load_lt_data("cifar10", data_root, imbalance=imb)
     ecfg = ld.EvalConfig(net=net, epochs=proto["eval_epochs"], runs=proto["runs"], seed=seed,
-                         labels="hard" if labels == "hard" else "soft")
+                         labels="hard" if labels == "hard" else "soft", bf16=VARIANTS[variant][1])
     extra: dict = {}
     if method == "full":  # the teacher itself, tested once
         _, meta = get_teacher(imb, proto_name, data, seed)

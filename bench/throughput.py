@@ -94,11 +94,12 @@ def one_eval(path: str, data_root: str, epochs: int) -> dict:
     data = ld.load_lt_data("cifar10", data_root, imbalance=100)
     s = ld.distill(ld.make_config("random", ipc=10, seed=0), data)  # the step costs the same for any IPC-10 set
     x, y = s.training_tensors()
-    mode = "on" if path == "compiled" else "off"
+    mode = "on" if path.startswith("compiled") else "off"
+    bf16 = path.endswith("bf16")
 
     def timed(ep: int, runs: int) -> float:
         t0 = time.perf_counter()
-        evaluate_tensors(x, y, data, ld.EvalConfig(epochs=ep, runs=runs, compile=mode))
+        evaluate_tensors(x, y, data, ld.EvalConfig(epochs=ep, runs=runs, compile=mode, bf16=bf16))
         return time.perf_counter() - t0
 
     warm = timed(2, 1)
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-real", type=int, default=256)
     p.add_argument("--eval-epochs", type=int, default=60)
+    p.add_argument("--eval-paths", default="eager,compiled,compiled-bf16")
     p.add_argument("--eval-only", action="store_true", help="only the evaluation protocol timing")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation protocol timing")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "PATH"), help=argparse.SUPPRESS)
@@ -161,14 +163,17 @@ def main(argv: list[str] | None = None) -> int:
                     r["speedup_vs_straightforward"] = round(ref["s_per_iter"] / r["s_per_iter"], 3)
     evals = previous.get("eval_protocol", [])
     if not a.no_eval:
-        evals = []
-        for path in ("eager", "compiled"):
+        keep = set(a.eval_paths.split(","))
+        evals = [r for r in evals if r["path"] not in keep]
+        for path in a.eval_paths.split(","):
             rec = {**_sub(["--data-root", a.data_root, "--eval-epochs", str(a.eval_epochs), "--one-eval", path]),
                    **stamp}
             evals.append(rec)
             print(json.dumps(rec), flush=True)
         for r in evals:
-            r["speedup_vs_eager"] = round(evals[0]["eval_protocol_seconds"] / r["eval_protocol_seconds"], 3)
+            eager = next((e for e in evals if e["path"] == "eager"), None)
+            if eager is not None:
+                r["speedup_vs_eager"] = round(eager["eval_protocol_seconds"] / r["eval_protocol_seconds"], 3)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     proto = {"dataset": "cifar10", "imbalance": 100, "ipc": 10, "batch_real": a.batch_real, "num_freqs": 4096,
              "iters": a.iters, "warmup": a.warmup, "seed": 0}

@@ -77,3 +77,12 @@ def test_runs_trained_together_equal_runs_one_by_one(net, rand_set, digits_lt):
     for a, b in zip(together.runs, alone.runs):
         assert a.final_loss == pytest.approx(b.final_loss, rel=1e-4)
         assert sum(abs(p - q) for p, q in zip(a.per_class, b.per_class)) <= 2 * 2.0  # at most ~2 test images differ
+
+
+def test_bf16_evaluation_learns_close_to_fp32(rand_set, digits_lt):
+    """bf16 autocast changes numerics, not the outcome: same task, accuracy within a few points."""
+    fp32 = evaluate_set(rand_set, digits_lt, FAST)
+    bf16 = evaluate_set(rand_set, digits_lt, dataclasses.replace(FAST, bf16=True))
+    assert all(math.isfinite(r.final_loss) for r in bf16.runs)
+    assert bf16.acc_mean > 50
+    assert abs(bf16.acc_mean - fp32.acc_mean) < 8

@@ -55,6 +55,8 @@ class EvalConfig:
     # torch.compile each net's training and test forward: auto (long trainings: ~1.9x a
     # training step on the 2-core CPU), on or off; falls back to eager if compilation fails.
     compile: str = "auto"
+    # bfloat16 autocast for the training and test forwards (weights and optimiser stay fp32).
+    bf16: bool = False
 
 
 @dataclass
@@ -98,7 +100,8 @@ def _std(xs: list[float]) -> float:
 
 @torch.no_grad()
 def test_accuracy(
-    net: torch.nn.Module, data: LTData, device: torch.device, batch_size: int = 1000, compile: str = "off"
+    net: torch.nn.Module, data: LTData, device: torch.device, batch_size: int = 1000, compile: str = "off",
+    bf16: bool = False,
 ) -> tuple[float, list[float]]:
     """Top-1 accuracy and per-class accuracy (percent) on the balanced test split."""
     net.eval()
@@ -110,7 +113,8 @@ def test_accuracy(
     for i in range(0, len(data.test), batch_size):
         x = data.normalize(data.test.images[i : i + batch_size], device)
         y = data.test.labels[i : i + batch_size]
-        pred = forward(x).argmax(1).cpu()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = forward(x).argmax(1).cpu()
         total += torch.bincount(y, minlength=C)
         correct += torch.bincount(y[pred == y], minlength=C)
     per_class = (correct.double() / total.clamp(min=1).double() * 100).tolist()
@@ -208,8 +212,10 @@ def train_nets(
                     xb, yb = cutmix(xb, yb, g)
                 xbs.append(xb)
                 ybs.append(yb)
-            outs = forward(params, buffers, torch.stack(xbs)) if batched else [f(xb) for f, xb in zip(compiled, xbs)]
-            losses = [-(yb * F.log_softmax(out, 1)).sum(1).mean() for out, yb in zip(outs, ybs)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                outs = (forward(params, buffers, torch.stack(xbs)) if batched
+                        else [f(xb) for f, xb in zip(compiled, xbs)])
+            losses = [-(yb * F.log_softmax(out.float(), 1)).sum(1).mean() for out, yb in zip(outs, ybs)]
             total = torch.stack(losses).sum()
             if not torch.isfinite(total):
                 raise TrainingError(f"evaluation training diverged: loss {total.item()} at epoch {ep}")
@@ -298,7 +304,7 @@ def evaluate_tensors(
             nets, last = train_nets(x, y, data, cfg, group, bar)
         work = cfg.epochs * len(x) * x.shape[-1] * x.shape[-2]  # compile the test forward with the training
         mode = "on" if should_compile(cfg.compile, work) else "off"
-        tested = [test_accuracy(net, data, device, cfg.test_batch_size, mode) for net in nets]
+        tested = [test_accuracy(net, data, device, cfg.test_batch_size, mode, cfg.bf16) for net in nets]
         dt = (time.perf_counter() - t0) / len(group)
         runs += [RunResult(acc, per_class, dt, loss) for (acc, per_class), loss in zip(tested, last)]
     return _summarise(runs, data, track, cfg)
