@@ -111,6 +111,12 @@ def test_fast_path_computes_the_straightforward_loss(method, digits_lt):
     assert float((du_fast - du_slow).norm() / du_slow.norm()) < 1e-3
 
 
-def test_bf16_option_runs(digits_lt):
-    s = distill(cfg_for("csdm", "iterations=2", "bf16=true"), digits_lt)
-    assert torch.isfinite(s.images).all()
+@pytest.mark.parametrize("fast", ["false", "true"])
+def test_bf16_option_is_applied_on_either_path(fast, digits_lt):
+    """bf16 really changes the arithmetic (different images from fp32) on both paths, while the
+    loss stays close to fp32's (relative 5 %)."""
+    bf = distill(cfg_for("csdm", "iterations=2", "bf16=true", f"fast={fast}"), digits_lt)
+    fp = distill(cfg_for("csdm", "iterations=2", f"fast={fast}"), digits_lt)
+    assert torch.isfinite(bf.images).all()
+    assert not torch.equal(bf.images, fp.images)
+    assert bf.extra["final_loss"] == pytest.approx(fp.extra["final_loss"], rel=0.05)

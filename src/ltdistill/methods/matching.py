@@ -68,7 +68,7 @@ class MatchConfig:
     # path's speed with 3.4x its peak memory (bench/results/throughput.json).
     fast: bool = False
     channels_last: bool = True
-    bf16: bool = False  # bfloat16 autocast for the trunk forward (changes numerics slightly)
+    bf16: bool = False  # bfloat16 autocast for the trunk forwards, either path (changes numerics slightly)
     compile: str = "auto"  # torch.compile the trunk: auto (long runs), on or off; eager fallback
 
 
@@ -290,9 +290,11 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                 for c, (pick, p) in enumerate(draws):
                     xr = apply_dsa(data.normalize(data.train.images[pick], dev), p)
                     xs = apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p)
-                    with torch.no_grad():
+                    with torch.no_grad(), amp:
                         fr = embed(xr)
-                    loss = class_loss(c, fr, embed(xs), xs)
+                    with amp:
+                        fs = embed(xs)
+                    loss = class_loss(c, fr, fs, xs)
                     loss.backward()  # per class: the graph of one class at a time
                     total += loss.item()
                     if cfg.per_class_steps:
