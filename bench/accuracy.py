@@ -11,6 +11,14 @@ IPC 10; distillation 1000 iterations with batch_real 64 (pipeline ``dm``,
 SPEC §4); evaluation ConvNet-3 (or the cell's net), 300 epochs, 3 runs, final
 epoch; everything else the paper protocol (SPEC §7).
 
+Pipeline ``ncfm`` rows (SPEC §4b, the second pipeline, at the same budget): a pool
+of 4 ConvNet-3 extractors trained 5 epochs each on the LT split (cached), weight
+interpolation, multi-formation factor 2, calibration term (weight 1), [0, 1] pixels
+with AdamW (lr 1e-3, wd 5e-4), per-class steps, 1000 iterations with batch_real 64;
+evaluation profile ``ncfm`` (AdamW lr 1e-3, multi-step decay, batch 128, DSA +
+CutMix + random-resized crop), 300 epochs, 3 runs. ``random`` in this pipeline is
+the random set evaluated with that profile.
+
 Label tracks (SPEC §6): ``hard``; ``soft`` = the teacher's softmax (T = 1) on the
 set's images; ``adsa`` = the same logits adjusted by τ·log π with τ searched by
 ADSA. The teacher is a ConvNet-3 trained on the whole long-tailed split with the
@@ -44,9 +52,11 @@ RESULTS = HERE / "results" / "accuracy.jsonl"
 SETS = HERE / "sets"
 
 PROTOCOLS = {
-    "cpu-v1": {"ipc": 10, "iterations": 1000, "batch_real": 64, "eval_epochs": 300, "runs": 3, "teacher_epochs": 20},
+    "cpu-v1": {"ipc": 10, "iterations": 1000, "batch_real": 64, "eval_epochs": 300, "runs": 3, "teacher_epochs": 20,
+               "pool_size": 4, "pool_epochs": 5},
     # a seconds-long check that the runner works end to end (use with --out-dir)
-    "smoke": {"ipc": 2, "iterations": 2, "batch_real": 8, "eval_epochs": 1, "runs": 1, "teacher_epochs": 1},
+    "smoke": {"ipc": 2, "iterations": 2, "batch_real": 8, "eval_epochs": 1, "runs": 1, "teacher_epochs": 1,
+              "pool_size": 1, "pool_epochs": 1},
 }
 # Method settings used by the benchmark (beyond the library defaults). Untuned
 # until the validation search of the benchmark issue has run; recorded per cell.
@@ -61,14 +71,26 @@ METHOD_OVERRIDES = {
 # bf16 = bfloat16 autocast in distillation (one-forward path); bf16-eval = the default
 # set evaluated with bfloat16 autocast.
 VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True)}
+# The second pipeline (SPEC §4b) at the CPU budget: distillation overrides (after the
+# method's) and the evaluation profile.
+PIPELINES = {
+    "dm": {"distill": [], "eval": {}},
+    "ncfm": {"distill": ["extractor=pool", "factor=2", "calib_weight=1.0",
+                         "pixel_space=unit", "optimizer=adamw", "lr_img=0.001", "weight_decay=0.0005",
+                         "per_class_steps=true"],
+             "eval": {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.0005, "schedule": "multistep",
+                      "batch_size": 128, "cutmix_p": 0.5, "rrc": True}},
+}
 BASE = ("random", "dm", "csdm")
-GRIDS = {  # cells: (imbalance, method, net, labels[, variant])
+GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "if100-core": [(100, m, "convnet", "hard") for m in BASE],
     "core": [(imb, m, "convnet", "hard") for imb in (100, 10, 200, 50) for m in (*BASE, "mmd", "ncfm")],
     "cross-arch": [(100, m, net, "hard") for m in BASE for net in ("resnet18", "vgg11", "alexnet")],
     "labels": [(imb, m, "convnet", lab) for imb in (100, 200) for m in BASE for lab in ("hard", "soft", "adsa")],
     "full": [(imb, "full", "convnet", "hard") for imb in (100, 200, 10, 50)],
     "bf16": [(100, "csdm", "convnet", "hard", "bf16"), (100, "csdm", "convnet", "hard", "bf16-eval")],
+    "ncfm-pipeline": [(100, m, "convnet", "hard", "", "ncfm") for m in ("random", "dm", "csdm", "ncfm")]
+    + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
 KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "eval_profile", "net", "protocol")
@@ -101,16 +123,18 @@ def done_keys() -> set[tuple]:
     return {row_key(r) for r in load_rows()}
 
 
-def set_path(proto_name: str, imb: float, method: str, seed: int, variant: str = "") -> Path:
+def set_path(proto_name: str, imb: float, method: str, seed: int, variant: str = "", pipeline: str = "dm") -> Path:
     tag = f"{method}-{variant}" if variant else method
+    tag += "" if pipeline == "dm" or method == "random" else f"-pipe{pipeline}"
     return SETS / f"{proto_name}-cifar10-if{imb:g}-ipc{PROTOCOLS[proto_name]['ipc']}-{tag}-s{seed}.pt"
 
 
-def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed: int, variant: str = ""):
+def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed: int, variant: str = "",
+            pipeline: str = "dm"):
     """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
     proto = PROTOCOLS[proto_name]
     distill_overrides = VARIANTS[variant][0]
-    path = set_path(proto_name, imb, method, seed, variant if distill_overrides else "")
+    path = set_path(proto_name, imb, method, seed, variant if distill_overrides else "", pipeline)
     if path.is_file():
         s = ld.load_set(path)
         if "distill_seconds" in s.extra:
@@ -122,7 +146,10 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
     if isinstance(cfg.options, MatchConfig):
         cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
-                                    *METHOD_OVERRIDES.get(method, []), *distill_overrides])
+                                    *METHOD_OVERRIDES.get(method, []), *PIPELINES[pipeline]["distill"],
+                                    *distill_overrides])
+        if cfg.options.extractor == "pool":
+            cfg = apply_overrides(cfg, [f"pool_size={proto['pool_size']}", f"pool_epochs={proto['pool_epochs']}"])
     elif distill_overrides:
         raise SystemExit(f"variant {variant!r} needs a matching method, got {method!r}")
     t0 = time.perf_counter()
@@ -162,13 +189,14 @@ def get_teacher(imb: float, proto_name: str, data, seed: int) -> tuple[dict, dic
 
 
 def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, data_root: str, seed: int,
-             variant: str = "") -> dict:
+             variant: str = "", pipeline: str = "dm") -> dict:
     from ltdistill.teacher import label_set
 
     proto = PROTOCOLS[proto_name]
     data = ld.load_lt_data("cifar10", data_root, imbalance=imb)
     ecfg = ld.EvalConfig(net=net, epochs=proto["eval_epochs"], runs=proto["runs"], seed=seed,
-                         labels="hard" if labels == "hard" else "soft", bf16=VARIANTS[variant][1])
+                         labels="hard" if labels == "hard" else "soft", bf16=VARIANTS[variant][1],
+                         **PIPELINES[pipeline]["eval"])
     extra: dict = {}
     if method == "full":  # the teacher itself, tested once
         _, meta = get_teacher(imb, proto_name, data, seed)
@@ -177,7 +205,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
                "eval_seconds": meta["train_seconds"], "eval_epochs": meta["epochs"], "runs": 1,
                "run_accs": [meta["acc"]], "method_config": {}}
     else:
-        s, distill_s = get_set(imb, method, proto_name, data, data_root, seed, variant)
+        s, distill_s = get_set(imb, method, proto_name, data, data_root, seed, variant, pipeline)
         cfg_used = s.config
         if labels != "hard":
             t, meta = get_teacher(imb, proto_name, data, seed)
@@ -194,7 +222,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
     matched = method not in ("random", "full")
     out = {
         "dataset": "cifar10", "imbalance": imb, "ipc": proto["ipc"], "method": method, "labels": labels,
-        "pipeline": "dm", "eval_profile": "dm", "net": net,
+        "pipeline": pipeline, "eval_profile": pipeline, "net": net,
         "iterations": proto["iterations"] if matched else 0, "batch_real": proto["batch_real"] if matched else 0,
         "eval_epochs": rec["eval_epochs"], "runs": rec["runs"],
         "acc_mean": rec["acc_mean"], "acc_std": rec["acc_std"], "per_class": rec["per_class"],
@@ -227,13 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     SETS.mkdir(parents=True, exist_ok=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for imb, method, net, labels, *rest in cells:
-        variant = rest[0] if rest else ""
-        key = ("cifar10", imb, PROTOCOLS[args.protocol]["ipc"], method, labels, "dm", "dm", net, args.protocol, variant)
+        variant, pipeline = (list(rest) + ["", "dm"][len(rest) :])[:2]  # defaults: no variant, pipeline dm
+        key = ("cifar10", imb, PROTOCOLS[args.protocol]["ipc"], method, labels, pipeline, pipeline, net,
+               args.protocol, variant)
         if key in done_keys():
             print(f"skip (done): {key}", flush=True)
             continue
-        print(f"cell: IF {imb} {method}{' ' + variant if variant else ''} {net} labels {labels} ...", flush=True)
-        rec = run_cell(imb, method, net, labels, args.protocol, args.data_root, args.seed, variant)
+        print(f"cell: IF {imb} {method}{' ' + variant if variant else ''} {net} labels {labels} "
+              f"pipeline {pipeline} ...", flush=True)
+        rec = run_cell(imb, method, net, labels, args.protocol, args.data_root, args.seed, variant, pipeline)
         with open(RESULTS, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"  {rec['acc_mean']:.2f} ± {rec['acc_std']:.2f}  head {rec['head']:.1f} medium {rec['medium']:.1f} "

@@ -28,7 +28,13 @@ PROTOCOL_TEXT = {
                "SGD momentum 0.5 on normalised pixels); method settings as recorded per row "
                "(`method_config`). Evaluation: the cell's net trained from scratch with SGD lr 0.01, "
                "momentum 0.9, wd 5e-4, batch 256, 300 epochs, lr x0.1 at half, DSA per sample, hard labels; "
-               "tested once at the final epoch on the balanced 10k test split; 3 runs, mean ± sample std."),
+               "tested once at the final epoch on the balanced 10k test split; 3 runs, mean ± sample std. "
+               "Pipeline `ncfm` rows (SPEC §4b at the same budget): pool of 4 ConvNet-3 extractors trained "
+               "5 epochs each on the LT split, weight interpolation, multi-formation factor 2, calibration "
+               "term (weight 1), [0, 1] pixels with AdamW lr 1e-3, per-class steps, 1000 iterations, "
+               "batch_real 64; evaluated with the `ncfm` profile (AdamW lr 1e-3, multi-step decay, batch 128, "
+               "DSA + CutMix + random-resized crop), 300 epochs, 3 runs; `random` there is the random set "
+               "under that profile."),
 }
 
 
