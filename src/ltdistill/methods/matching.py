@@ -64,8 +64,8 @@ class MatchConfig:
     per_class_steps: bool = False  # one optimiser step per class instead of per iteration
     # --- speed (SPEC §9 / the speed issue): same loss, faster
     # One forward for all classes (falls back per class with batch norm or per-class steps).
-    # Off by default: at paper scale on the 2-core CPU it measured 0.84-1.09x the per-class
-    # path's speed with 3.4x its peak memory (bench/results/throughput.json).
+    # Off by default: at paper scale on the 2-core CPU, compiled, it measured 0.99x the compiled
+    # per-class path's speed for csdm with 2.5x its peak memory (bench/results/throughput.json).
     fast: bool = False
     channels_last: bool = True
     bf16: bool = False  # bfloat16 autocast for the trunk forwards, either path (changes numerics slightly)
