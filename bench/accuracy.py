@@ -58,19 +58,33 @@ PROTOCOLS = {
     "smoke": {"ipc": 2, "iterations": 2, "batch_real": 8, "eval_epochs": 1, "runs": 1, "teacher_epochs": 1,
               "pool_size": 1, "pool_epochs": 1},
 }
-# Method settings used by the benchmark (beyond the library defaults). Untuned
-# until the validation search of the benchmark issue has run; recorded per cell.
+# Method settings of the default cells (beyond the library defaults), fixed before any
+# tuning; recorded per cell. The ``tuned`` variant replaces them with the settings the
+# validation search chose (``bench/tune.py``, ``bench/results/tuning.jsonl``).
 METHOD_OVERRIDES = {
     "csdm": ["lr_img=10"],
     "sdd": ["lr_img=10"],
     "mmd": ["lr_img=10"],
     "ncfm": ["lr_img=10"],
 }
-# Variants: the same cell with speed options changed (recorded as ``variant``; the cell
-# key includes it, "" = the default): (distillation overrides, evaluation bf16).
+# Variants: the same cell with options changed (recorded as ``variant``; the cell key
+# includes it, "" = the default): (distillation overrides, evaluation bf16).
 # bf16 = bfloat16 autocast in distillation (one-forward path); bf16-eval = the default
-# set evaluated with bfloat16 autocast.
-VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True)}
+# set evaluated with bfloat16 autocast; tuned = the method's settings from the finished
+# tune-v1 validation search (read from tuning.jsonl when the cell runs, see
+# :func:`variant_overrides`).
+VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True),
+            "tuned": ([], False)}
+SPEED_VARIANTS = ("bf16", "bf16-eval")
+
+
+def variant_overrides(variant: str, method: str) -> list[str]:
+    """Distillation overrides of a variant for ``method`` (after the method's defaults)."""
+    if variant != "tuned":
+        return VARIANTS[variant][0]
+    from tune import best_overrides  # bench/tune.py: replays the stored search, runs nothing
+
+    return best_overrides(method)
 # The second pipeline (SPEC §4b) at the CPU budget: distillation overrides (after the
 # method's) and the evaluation profile.
 PIPELINES = {
@@ -91,6 +105,7 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "bf16": [(100, "csdm", "convnet", "hard", "bf16"), (100, "csdm", "convnet", "hard", "bf16-eval")],
     "ncfm-pipeline": [(100, m, "convnet", "hard", "", "ncfm") for m in ("random", "dm", "csdm", "ncfm")]
     + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
+    "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
 KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "eval_profile", "net", "protocol")
@@ -133,7 +148,7 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
             pipeline: str = "dm"):
     """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
     proto = PROTOCOLS[proto_name]
-    distill_overrides = VARIANTS[variant][0]
+    distill_overrides = variant_overrides(variant, method) if variant and method not in ("random", "full") else []
     path = set_path(proto_name, imb, method, seed, variant if distill_overrides else "", pipeline)
     if path.is_file():
         s = ld.load_set(path)
@@ -150,12 +165,18 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
                                     *distill_overrides])
         if cfg.options.extractor == "pool":
             cfg = apply_overrides(cfg, [f"pool_size={proto['pool_size']}", f"pool_epochs={proto['pool_epochs']}"])
+        resumed = path.with_suffix(".ckpt").is_file()  # an interrupted run of this cell: continue it
+        if resumed:
+            print(f"  resuming from {path.with_suffix('.ckpt')}", flush=True)
+            cfg = apply_overrides(cfg, ["resume=true"])
     elif distill_overrides:
         raise SystemExit(f"variant {variant!r} needs a matching method, got {method!r}")
     t0 = time.perf_counter()
     s = ld.distill(cfg, data, run_prefix=str(path.with_suffix("")))
     seconds = time.perf_counter() - t0
     s.extra["distill_seconds"] = seconds
+    if isinstance(cfg.options, MatchConfig) and resumed:
+        s.extra["distill_resumed"] = True  # the seconds cover only the part after the checkpoint
     ld.save_set(s, path)
     return s, seconds
 
@@ -207,10 +228,12 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
     else:
         s, distill_s = get_set(imb, method, proto_name, data, data_root, seed, variant, pipeline)
         cfg_used = s.config
+        if s.extra.get("distill_resumed"):
+            extra["distill_resumed"] = True
         if labels != "hard":
             t, meta = get_teacher(imb, proto_name, data, seed)
             s = label_set(s, t, calibrate="adsa" if labels == "adsa" else "none")
-            extra = {"teacher": {k: meta[k] for k in ("net", "epochs", "acc", "head", "medium", "tail")},
+            extra |= {"teacher": {k: meta[k] for k in ("net", "epochs", "acc", "head", "medium", "tail")},
                      "tau": s.extra["tau"], "temperature": s.extra["temperature"]}
         t0 = time.perf_counter()
         res = ld.evaluate_set(s, data, ecfg)

@@ -88,6 +88,51 @@ def trial(method: str, point: dict, proto_name: str, data_root: str, seed: int) 
     }
 
 
+def point_key(method: str, proto_name: str, seed: int, point: dict) -> str:
+    return json.dumps([method, proto_name, seed, overrides_of(point)])
+
+
+def stored_scores(rows: list[dict]) -> dict[str, float]:
+    """Validation score of every finished trial, by :func:`point_key`."""
+    return {point_key(r["method"], r["protocol"], r["seed"],
+                      {k: tuple(v) if isinstance(v, list) else v for k, v in r["point"].items()}):
+            r["val_balanced_acc"] for r in rows}
+
+
+def coordinate_search(method: str, score) -> dict:
+    """The search of ``SEARCH[method]``: one option at a time from the current best,
+    ties to the earlier (default) value. ``score(point)`` returns a float or None
+    (trial not available); returns the best point, or None if a trial was None."""
+    search = SEARCH[method]
+    best = {key: vals[0] for key, vals in search}
+    for key, vals in search:
+        scored = []
+        for i, v in enumerate(vals):
+            s = score({**best, key: v})
+            if s is None:
+                return None
+            scored.append((s, i, v))
+        best[key] = max(scored, key=lambda t: (t[0], -t[1]))[2]
+        print(f"best {key} = {best[key]} ({max(s for s, _, _ in scored):.2f})", flush=True)
+    return best
+
+
+def best_overrides(method: str, proto_name: str = "tune-v1", seed: int = 0, results: Path | None = None) -> list[str]:
+    """The overrides the finished search chose for ``method`` (read from the stored
+    trials, nothing is run). Raises ``SystemExit`` naming what is missing if the
+    search has not finished."""
+    if method not in SEARCH:
+        raise SystemExit(f"no tuning search is defined for method {method!r} (searched: {sorted(SEARCH)})")
+    rows = [json.loads(x) for x in (results or RESULTS).read_text().splitlines() if x.strip()] \
+        if (results or RESULTS).is_file() else []
+    done = stored_scores(rows)
+    best = coordinate_search(method, lambda pt: done.get(point_key(method, proto_name, seed, pt)))
+    if best is None:
+        raise SystemExit(f"the {proto_name} search for {method!r} (seed {seed}) has not finished: run "
+                         f"`python bench/tune.py --data-root ... --method {method}` first")
+    return overrides_of(best)
+
+
 def main(argv: list[str] | None = None) -> int:
     global RESULTS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,18 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         RESULTS = Path(a.out)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    search = SEARCH[a.method]
-    best = {key: vals[0] for key, vals in search}
-
-    def key_of(point: dict) -> str:
-        return json.dumps([a.method, a.protocol, a.seed, overrides_of(point)])
 
     def score(point: dict) -> float:
-        done = {key_of({k: tuple(v) if isinstance(v, list) else v for k, v in r["point"].items()}): r
-                for r in load_rows()}
-        k = key_of(point)
+        k = point_key(a.method, a.protocol, a.seed, point)
+        done = stored_scores(load_rows())
         if k in done:
-            return done[k]["val_balanced_acc"]
+            return done[k]
         print(f"trial {a.method} {overrides_of(point)} ...", flush=True)
         rec = trial(a.method, point, a.protocol, a.data_root, a.seed)
         with open(RESULTS, "a") as f:
@@ -119,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  balanced val acc {rec['val_balanced_acc']:.2f} (tail {rec['tail']:.1f})", flush=True)
         return rec["val_balanced_acc"]
 
-    for key, vals in search:
-        scored = [(score({**best, key: v}), i, v) for i, v in enumerate(vals)]
-        best[key] = max(scored, key=lambda t: (t[0], -t[1]))[2]  # ties go to the earlier (default) value
-        print(f"best {key} = {best[key]} ({max(s for s, _, _ in scored):.2f})", flush=True)
+    best = coordinate_search(a.method, score)
     print(json.dumps({"method": a.method, "protocol": a.protocol, "best": overrides_of(best)}))
     return 0
 
