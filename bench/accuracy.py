@@ -116,10 +116,12 @@ def row_key(r: dict) -> tuple:
 
 
 def commit() -> str:
-    """HEAD when this process started, plus '+dirty' when the working tree differs from it."""
+    """HEAD when this process started, plus '+dirty' when its code (src/, bench/ except
+    results) differs from it."""
     try:
         head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "bench"], cwd=HERE).returncode != 0
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "bench", ":!bench/results"],
+                               cwd=HERE.parent).returncode != 0
         return head + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
         return "unknown"
