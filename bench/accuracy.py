@@ -19,6 +19,12 @@ evaluation profile ``ncfm`` (AdamW lr 1e-3, multi-step decay, batch 128, DSA +
 CutMix + random-resized crop), 300 epochs, 3 runs. ``random`` in this pipeline is
 the random set evaluated with that profile.
 
+Variants (recorded as ``variant``, part of the cell key): ``tuned`` distils with the
+settings the finished ``tune-v1`` validation search chose (``bench/tune.py``);
+``mosaic`` is the random baseline of pipeline ``ncfm`` stored as factor-2 mosaics
+(the pipeline's initialisation, 0 iterations); ``bf16`` / ``bf16-eval`` are speed
+variants. An interrupted cell resumes its distillation from its checkpoint.
+
 Label tracks (SPEC §6): ``hard``; ``soft`` = the teacher's softmax (T = 1) on the
 set's images; ``adsa`` = the same logits adjusted by τ·log π with τ searched by
 ADSA. The teacher is a ConvNet-3 trained on the whole long-tailed split with the
@@ -73,13 +79,18 @@ METHOD_OVERRIDES = {
 # set evaluated with bfloat16 autocast; tuned = the method's settings from the finished
 # tune-v1 validation search (read from tuning.jsonl when the cell runs, see
 # :func:`variant_overrides`).
+# mosaic (method random, pipeline ncfm only) = random real images stored as factor-2
+# mosaics: the second pipeline's initialisation with 0 iterations (4·IPC random real
+# images of the class, downsampled), the baseline that isolates multi-formation.
 VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True),
-            "tuned": ([], False)}
+            "tuned": ([], False), "mosaic": (["iterations=0"], False)}
 SPEED_VARIANTS = ("bf16", "bf16-eval")
 
 
 def variant_overrides(variant: str, method: str) -> list[str]:
     """Distillation overrides of a variant for ``method`` (after the method's defaults)."""
+    if variant == "mosaic" and method != "random":
+        raise SystemExit("variant 'mosaic' is the random baseline of pipeline ncfm (method random)")
     if variant != "tuned":
         return VARIANTS[variant][0]
     from tune import best_overrides  # bench/tune.py: replays the stored search, runs nothing
@@ -104,6 +115,7 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "full": [(imb, "full", "convnet", "hard") for imb in (100, 200, 10, 50)],
     "bf16": [(100, "csdm", "convnet", "hard", "bf16"), (100, "csdm", "convnet", "hard", "bf16-eval")],
     "ncfm-pipeline": [(100, m, "convnet", "hard", "", "ncfm") for m in ("random", "dm", "csdm", "ncfm")]
+    + [(100, "random", "convnet", "hard", "mosaic", "ncfm")]
     + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
@@ -150,7 +162,9 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
             pipeline: str = "dm"):
     """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
     proto = PROTOCOLS[proto_name]
-    distill_overrides = variant_overrides(variant, method) if variant and method not in ("random", "full") else []
+    distill_overrides = variant_overrides(variant, method) if variant and method != "full" else []
+    if method == "random" and variant != "mosaic":
+        distill_overrides = []  # random has no settings to tune or speed up
     path = set_path(proto_name, imb, method, seed, variant if distill_overrides else "", pipeline)
     if path.is_file():
         s = ld.load_set(path)
@@ -159,6 +173,10 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
         hard = [r for r in load_rows() if (r["protocol"], r["imbalance"], r["method"], r["seed"]) ==
                 (proto_name, imb, method, seed) and r["labels"] == "hard"]  # sets saved before the field existed
         return s, float(hard[0]["distill_seconds"]) if hard else float("nan")
+    if variant == "mosaic":
+        if pipeline != "ncfm":
+            raise SystemExit("variant 'mosaic' needs pipeline ncfm (multi-formation)")
+        method = "dm"  # its loop initialises the mosaics; with 0 iterations nothing is matched
     cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
     if isinstance(cfg.options, MatchConfig):
