@@ -115,8 +115,9 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "full": [(imb, "full", "convnet", "hard") for imb in (100, 200, 10, 50)],
     "bf16": [(100, "csdm", "convnet", "hard", "bf16"), (100, "csdm", "convnet", "hard", "bf16-eval")],
     "ncfm-pipeline": [(100, m, "convnet", "hard", "", "ncfm") for m in ("random", "dm", "csdm", "ncfm")]
-    + [(100, "random", "convnet", "hard", "mosaic", "ncfm")]
+    + [(imb, "random", "convnet", "hard", "mosaic", "ncfm") for imb in (100, 10, 200)]
     + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
+    "mosaic": [(imb, "random", "convnet", "hard", "mosaic", "ncfm") for imb in (100, 10, 200)],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
