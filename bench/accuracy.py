@@ -117,7 +117,7 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "ncfm-pipeline": [(100, m, "convnet", "hard", "", "ncfm") for m in ("random", "dm", "csdm", "ncfm")]
     + [(imb, "random", "convnet", "hard", "mosaic", "ncfm") for imb in (100, 10, 200)]
     + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
-    "mosaic": [(imb, "random", "convnet", "hard", "mosaic", "ncfm") for imb in (100, 10, 200)],
+    "mosaic": [(100, "random", "convnet", "hard", "mosaic", "ncfm")],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
