@@ -147,7 +147,7 @@ def variant_table(variants: list[dict], rows: list[dict]) -> list[str]:
 
 def label_tracks(rows: list[dict]) -> list[str]:
     """Hard / teacher-soft / ADSA-calibrated tracks side by side (SPEC §6)."""
-    rows = [r for r in rows if r["net"] == "convnet" and r["method"] != "full"]
+    rows = [r for r in rows if r["net"] == "convnet" and r["method"] != "full" and r["pipeline"] == "dm"]
     cell = {(r["imbalance"], r["method"], r["labels"]): r for r in rows}
     keys = sorted({(i, m) for i, m, lab in cell if lab != "hard"})
     if not keys:
