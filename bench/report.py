@@ -215,6 +215,13 @@ def targets(cell: dict) -> list[str]:
                          f"{'met' if drop <= 6 else 'missed'} ({drop:.1f})")
         elif st == "default":
             lines.append(f"- CSDM's drop from IF 10 to IF 200 (pipeline {pipe}): not measured yet")
+    if any(": missed" in x for x in lines):
+        lines += ["", "What was tried against the missed targets: (1) the validation search of `bench/tune.py` "
+                  "(protocol `tune-v1`; csdm: lr_img, σ, α_head/α_tail, M; dm: lr_img) — its choices are the "
+                  "`tuned` rows; (2) the second pipeline (SPEC §4b) at the same iteration budget — the "
+                  "`pipeline ncfm` rows; (3) bf16 variants (speed only, accuracy unchanged within the spread). "
+                  "Not tried yet: the paper's budget (10k–20k iterations, batch_real 256–1024, 1000–2000-epoch "
+                  "evaluation), which is ~10–40× this protocol's compute."]
     return lines + [""]
 
 
