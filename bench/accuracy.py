@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-reference", action="store_true", help="also the whole-LT-dataset row per IF")
     p.add_argument("--imbalance", type=float, action="append",
                    help="run only the grid's cells at this imbalance factor (repeatable)")
+    p.add_argument("--net", action="append", help="run only the grid's cells with this evaluation net (repeatable)")
     p.add_argument("--out-dir", help="write results and sets here instead of bench/results and bench/sets")
     args = p.parse_args(argv)
     if args.out_dir:
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for g in args.grid for c in GRIDS[g]]
     if args.imbalance:
         cells = [c for c in cells if c[0] in args.imbalance]
+    if args.net:
+        cells = [c for c in cells if c[2] in args.net]
     if args.full_reference:
         cells += [(imb, "full", "convnet", "hard") for imb in sorted({c[0] for c in cells})]
     SETS.mkdir(parents=True, exist_ok=True)
