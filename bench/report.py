@@ -201,7 +201,7 @@ def targets(cell: dict) -> list[str]:
             t = c["tail"] - d["tail"]
             lines.append(f"- IF 100: CSDM above DM on the tail group{tag}: {'met' if t > 0 else 'missed'} ({t:+.1f})")
     c = get("csdm", "ncfm", "default", 100)
-    for m, st in (("random", "default"), ("random", "factor-2 mosaics"), ("dm", "default")):
+    for m, st in (("random", "default"), ("random", "factor-2 mosaics"), ("dm", "default"), ("ncfm", "default")):
         o = cell.get((m, "ncfm", st, 100.0)) or cell.get((m, "ncfm", st, 100))
         if c and o:
             gap = c["acc_mean"] - o["acc_mean"]
