@@ -83,14 +83,12 @@ METHOD_OVERRIDES = {
 # mosaics: the second pipeline's initialisation with 0 iterations (4·IPC random real
 # images of the class, downsampled), the baseline that isolates multi-formation.
 VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True),
-            "tuned": ([], False), "mosaic": (["iterations=0"], False)}
+            "tuned": ([], False), "mosaic": ([], False)}
 SPEED_VARIANTS = ("bf16", "bf16-eval")
 
 
 def variant_overrides(variant: str, method: str) -> list[str]:
     """Distillation overrides of a variant for ``method`` (after the method's defaults)."""
-    if variant == "mosaic" and method != "random":
-        raise SystemExit("variant 'mosaic' is the random baseline of pipeline ncfm (method random)")
     if variant != "tuned":
         return VARIANTS[variant][0]
     from tune import best_overrides  # bench/tune.py: replays the stored search, runs nothing
@@ -163,9 +161,15 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
             pipeline: str = "dm"):
     """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
     proto = PROTOCOLS[proto_name]
-    distill_overrides = variant_overrides(variant, method) if variant and method != "full" else []
-    if method == "random" and variant != "mosaic":
-        distill_overrides = []  # random has no settings to tune or speed up
+    matcher_method = method
+    if variant == "mosaic":  # the pipeline's initialisation (dm's loop) with 0 iterations: nothing is matched
+        if method != "random" or pipeline != "ncfm":
+            raise SystemExit("variant 'mosaic' is the random baseline of pipeline ncfm (method random)")
+        matcher_method, distill_overrides = "dm", ["iterations=0"]
+    elif variant and method not in ("random", "full"):  # random has no settings to tune or speed up
+        distill_overrides = variant_overrides(variant, method)
+    else:
+        distill_overrides = []
     path = set_path(proto_name, imb, method, seed, variant if distill_overrides else "", pipeline)
     if path.is_file():
         s = ld.load_set(path)
@@ -174,11 +178,7 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
         hard = [r for r in load_rows() if (r["protocol"], r["imbalance"], r["method"], r["seed"]) ==
                 (proto_name, imb, method, seed) and r["labels"] == "hard"]  # sets saved before the field existed
         return s, float(hard[0]["distill_seconds"]) if hard else float("nan")
-    if variant == "mosaic":
-        if pipeline != "ncfm":
-            raise SystemExit("variant 'mosaic' needs pipeline ncfm (multi-formation)")
-        method = "dm"  # its loop initialises the mosaics; with 0 iterations nothing is matched
-    cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
+    cfg = ld.make_config(matcher_method, ipc=proto["ipc"], seed=seed)
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
     if isinstance(cfg.options, MatchConfig):
         cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
