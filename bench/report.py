@@ -132,12 +132,13 @@ def variant_table(variants: list[dict], rows: list[dict]) -> list[str]:
     """Speed variants (e.g. bf16) beside the default-settings row of the same cell."""
     if not variants:
         return []
-    base = {(r["imbalance"], r["method"], r["net"], r["labels"]): r for r in rows}
+    base = {(r["imbalance"], r["method"], r["net"], r["labels"], r["pipeline"]): r for r in rows
+            if not r.get("variant")}
     out = ["", "### Speed variants (same cell, speed options changed)", "",
            "| IF | method | variant | acc | tail | default acc | default tail | distill s (variant / default) |",
            "|---|---|---|---|---|---|---|---|"]
     for v in variants:
-        b = base.get((v["imbalance"], v["method"], v["net"], v["labels"]))
+        b = base.get((v["imbalance"], v["method"], v["net"], v["labels"], v["pipeline"]))
         out.append(f"| {v['imbalance']:g} | {v['method']} | {v['variant']} | {fmt(v)} | {v['tail']:.1f} | {fmt(b)} | "
                    f"{'–' if b is None else format(b['tail'], '.1f')} | {v['distill_seconds']:.0f} / "
                    f"{'–' if b is None else format(b['distill_seconds'], '.0f')} |")

@@ -1,5 +1,6 @@
 """The benchmark's bookkeeping: the tuned settings are exactly what the stored
-coordinate search chose, and an unfinished search is refused."""
+coordinate search chose, an unfinished search is refused, and the report compares a
+speed variant with the default row of its own pipeline."""
 
 from __future__ import annotations
 
@@ -57,3 +58,21 @@ def test_unfinished_or_unknown_search_is_refused(tune, tmp_path, monkeypatch):
         tune.best_overrides("toy", results=f)
     with pytest.raises(SystemExit, match="no tuning search"):
         tune.best_overrides("no-such-method", results=f)
+
+
+def test_speed_variant_is_compared_with_its_own_pipeline():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        report = importlib.import_module("report")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+    def row(pipeline, acc, variant=""):
+        r = {"imbalance": 100, "method": "csdm", "net": "convnet", "labels": "hard", "pipeline": pipeline,
+             "acc_mean": acc, "acc_std": 0.1, "tail": acc, "distill_seconds": 1.0}
+        return {**r, "variant": variant} if variant else r
+
+    rows = [row("dm", 44.3), row("ncfm", 53.3)]
+    table = report.variant_table([row("dm", 44.0, "bf16")], rows)
+    line = next(x for x in table if "bf16" in x)
+    assert "44.3" in line and "53.3" not in line
