@@ -22,8 +22,10 @@ the random set evaluated with that profile.
 Variants (recorded as ``variant``, part of the cell key): ``tuned`` distils with the
 settings the finished ``tune-v1`` validation search chose (``bench/tune.py``);
 ``mosaic`` is the random baseline of pipeline ``ncfm`` stored as factor-2 mosaics
-(the pipeline's initialisation, 0 iterations); ``bf16`` / ``bf16-eval`` are speed
-variants. An interrupted cell resumes its distillation from its checkpoint.
+(the pipeline's initialisation, 0 iterations); ``gradbal`` is csdm in pipeline
+``ncfm`` with its loss scale set by a training-data rule so that its matching term
+weighs against the calibration term as ncfm's does (``bench/grad_balance.py``);
+``bf16`` / ``bf16-eval`` are speed variants. An interrupted cell resumes its distillation from its checkpoint.
 
 Label tracks (SPEC §6): ``hard``; ``soft`` = the teacher's softmax (T = 1) on the
 set's images; ``adsa`` = the same logits adjusted by τ·log π with τ searched by
@@ -82,18 +84,44 @@ METHOD_OVERRIDES = {
 # mosaic (method random, pipeline ncfm only) = random real images stored as factor-2
 # mosaics: the second pipeline's initialisation with 0 iterations (4·IPC random real
 # images of the class, downsampled), the baseline that isolates multi-formation.
+# gradbal (csdm, pipeline ncfm only) = csdm with its loss scale raised so that its
+# matching term pulls on the pixels as hard, relative to the calibration term, as ncfm's
+# does (rule in :func:`gradbal_overrides`; measured on training data by bench/grad_balance.py).
 VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True),
-            "tuned": ([], False), "mosaic": ([], False)}
+            "tuned": ([], False), "mosaic": ([], False), "gradbal": ([], False)}
 SPEED_VARIANTS = ("bf16", "bf16-eval")
 
 
 def variant_overrides(variant: str, method: str) -> list[str]:
     """Distillation overrides of a variant for ``method`` (after the method's defaults)."""
+    if variant == "gradbal":
+        return gradbal_overrides(method)
     if variant != "tuned":
         return VARIANTS[variant][0]
     from tune import best_overrides  # bench/tune.py: replays the stored search, runs nothing
 
     return best_overrides(method)
+
+
+def gradbal_overrides(method: str, path: Path | None = None) -> list[str]:
+    """csdm's loss scale for pipeline ncfm, fixed by a rule on training data only:
+    ``300 · r_ncfm / r_csdm`` to two significant digits, where ``r`` is a method's mean
+    ratio of matching-gradient to calibration-gradient norm at iteration 0
+    (``bench/results/grad_balance.json``). At scale 300 csdm's squared per-frequency
+    discrepancy pulls far less than ncfm's square-rooted one, so under AdamW (which
+    normalises the total) the calibration term dominates csdm's updates."""
+    if method != "csdm":
+        raise SystemExit(f"variant 'gradbal' is defined for csdm only, got {method!r}")
+    path = path or HERE / "results" / "grad_balance.json"
+    if not path.is_file():
+        raise SystemExit(f"variant 'gradbal' needs {path}: run bench/grad_balance.py first")
+    ratio = json.loads(path.read_text())["mean_ratio"]
+    if not {"csdm", "ncfm"} <= set(ratio):
+        raise SystemExit(f"{path} lacks the csdm or ncfm ratio; rerun bench/grad_balance.py")
+    scale = float(format(300 * ratio["ncfm"] / ratio["csdm"], ".2g"))
+    return [f"loss_scale={scale:g}"]
+
+
 # The second pipeline (SPEC §4b) at the CPU budget: distillation overrides (after the
 # method's) and the evaluation profile.
 PIPELINES = {
@@ -116,6 +144,7 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     + [(imb, "random", "convnet", "hard", "mosaic", "ncfm") for imb in (100, 10, 200)]
     + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
     "mosaic": [(100, "random", "convnet", "hard", "mosaic", "ncfm")],
+    "gradbal": [(100, "csdm", "convnet", "hard", "gradbal", "ncfm")],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }

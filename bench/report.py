@@ -41,7 +41,7 @@ PROTOCOL_TEXT = {
 SPEED_VARIANTS = ("bf16", "bf16-eval")
 
 
-SETTINGS = {"": "default", "tuned": "tuned", "mosaic": "factor-2 mosaics"}
+SETTINGS = {"": "default", "tuned": "tuned", "mosaic": "factor-2 mosaics", "gradbal": "gradient-balanced scale"}
 
 
 def settings(r: dict) -> str:
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             out += ["", "### Cross-architecture", "", "| IF | method | net | accuracy |", "|---|---|---|---|"]
             out += [f"| {r['imbalance']:g} | {r['method']} | {r['net']} | {fmt(r)} |" for r in cross]
         out += targets(cell)
+        out += grad_balance_section()
         out += variant_table([v for v in variants if v["protocol"] == proto], defaults)
         plot = plot_per_class(main_rows, 100, proto)
         if plot:
@@ -176,6 +177,26 @@ def label_tracks(rows: list[dict]) -> list[str]:
     return out
 
 
+def grad_balance_section() -> list[str]:
+    """The matching/calibration gradient ratios of pipeline ncfm (bench/grad_balance.py)."""
+    f = RES / "grad_balance.json"
+    if not f.is_file():
+        return []
+    g = json.loads(f.read_text())
+    out = ["### Pipeline ncfm: how hard each matching term pulls (bench/grad_balance.py)", "",
+           "Norm of the gradient on the stored synthetic pixels from the matching term alone and from the "
+           "calibration term alone, iteration 0 of the pipeline-ncfm setting at IF 100 "
+           f"(seeds {sorted({r['seed'] for r in g['rows']})}, commit {g['commit']}). AdamW normalises the "
+           "total, so the ratio decides how much of each update is matching.", "",
+           "| method | matching | calibration | ratio |", "|---|---|---|---|"]
+    for m, ratio in g["mean_ratio"].items():
+        rs = [r for r in g["rows"] if r["method"] == m]
+        gm = sum(r["grad_matching"] for r in rs) / len(rs)
+        gc = sum(r["grad_calibration"] for r in rs) / len(rs)
+        out.append(f"| {m} | {gm:.3g} | {gc:.3g} | {ratio:.3g} |")
+    return out + [""]
+
+
 def targets(cell: dict) -> list[str]:
     """The benchmark issue's targets, computed from the rows present, per settings track
     (default, and tuned where both CSDM and the compared method have a tuned row)."""
@@ -201,13 +222,14 @@ def targets(cell: dict) -> list[str]:
             lines.append(f"- IF 100: CSDM ≥ DM + 5 points{tag}: {'met' if gap >= 5 else 'missed'} ({gap:+.1f})")
             t = c["tail"] - d["tail"]
             lines.append(f"- IF 100: CSDM above DM on the tail group{tag}: {'met' if t > 0 else 'missed'} ({t:+.1f})")
-    c = get("csdm", "ncfm", "default", 100)
-    for m, st in (("random", "default"), ("random", "factor-2 mosaics"), ("dm", "default"), ("ncfm", "default")):
-        o = cell.get((m, "ncfm", st, 100.0)) or cell.get((m, "ncfm", st, 100))
-        if c and o:
-            gap = c["acc_mean"] - o["acc_mean"]
-            lines.append(f"- IF 100, pipeline ncfm: CSDM above {m} ({st}): {'met' if gap > 0 else 'missed'} "
-                         f"({gap:+.1f})")
+    for cst in ("default", "gradient-balanced scale"):
+        c = get("csdm", "ncfm", cst, 100)
+        for m, st in (("random", "default"), ("random", "factor-2 mosaics"), ("dm", "default"), ("ncfm", "default")):
+            o = cell.get((m, "ncfm", st, 100.0)) or cell.get((m, "ncfm", st, 100))
+            if c and o:
+                gap = c["acc_mean"] - o["acc_mean"]
+                lines.append(f"- IF 100, pipeline ncfm: CSDM [{cst}] above {m} ({st}): "
+                             f"{'met' if gap > 0 else 'missed'} ({gap:+.1f})")
     for pipe, st in (("dm", "default"), ("dm", "tuned"), ("ncfm", "default")):
         lo, hi = get("csdm", pipe, st, 10), get("csdm", pipe, st, 200)
         if lo and hi:
@@ -220,7 +242,10 @@ def targets(cell: dict) -> list[str]:
         lines += ["", "What was tried against the missed targets: (1) the validation search of `bench/tune.py` "
                   "(protocol `tune-v1`; csdm: lr_img, σ, α_head/α_tail, M; dm: lr_img) — its choices are the "
                   "`tuned` rows; (2) the second pipeline (SPEC §4b) at the same iteration budget — the "
-                  "`pipeline ncfm` rows; (3) bf16 variants (speed only, accuracy unchanged within the spread). "
+                  "`pipeline ncfm` rows; (3) bf16 variants (speed only, accuracy unchanged within the spread); "
+                  "(4) in pipeline ncfm, csdm's loss scale set so that its matching term weighs against the "
+                  "calibration term as ncfm's does (`bench/grad_balance.py`, the `gradient-balanced scale` rows, "
+                  "if present). "
                   "Not tried yet: the paper's budget (10k–20k iterations, batch_real 256–1024, 1000–2000-epoch "
                   "evaluation), which is ~10–40× this protocol's compute."]
     return lines + [""]

@@ -76,3 +76,19 @@ def test_speed_variant_is_compared_with_its_own_pipeline():
     table = report.variant_table([row("dm", 44.0, "bf16")], rows)
     line = next(x for x in table if "bf16" in x)
     assert "44.3" in line and "53.3" not in line
+
+
+def test_gradbal_scale_follows_the_stored_ratios(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        accuracy = importlib.import_module("accuracy")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    path = tmp_path / "grad_balance.json"
+    path.write_text(json.dumps({"mean_ratio": {"dm": 11.0, "csdm": 1.5, "ncfm": 9.0}}))
+    assert accuracy.gradbal_overrides("csdm", path) == ["loss_scale=1800"]
+    with pytest.raises(SystemExit, match="csdm only"):
+        accuracy.gradbal_overrides("dm", path)
+    path.write_text(json.dumps({"mean_ratio": {"dm": 11.0}}))
+    with pytest.raises(SystemExit, match="lacks"):
+        accuracy.gradbal_overrides("csdm", path)
