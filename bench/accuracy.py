@@ -27,6 +27,12 @@ settings the finished ``tune-v1`` validation search chose (``bench/tune.py``);
 weighs against the calibration term as ncfm's does (``bench/grad_balance.py``);
 ``bf16`` / ``bf16-eval`` are speed variants. An interrupted cell resumes its distillation from its checkpoint.
 
+Several workers (processes, machines sharing the directory, one per GPU) can run the
+same grid at once: each claims a cell with an exclusive ``.lock`` file under
+``bench/sets/`` (holding its pid; a lock whose process is gone is taken over) and
+skips cells another worker holds; a distilled set shared by several cells is
+distilled once, the other workers waiting for it.
+
 Label tracks (SPEC §6): ``hard``; ``soft`` = the teacher's softmax (T = 1) on the
 set's images; ``adsa`` = the same logits adjusted by τ·log π with τ searched by
 ADSA. The teacher is a ConvNet-3 trained on the whole long-tailed split with the
@@ -41,8 +47,11 @@ distilled cells' evaluation, stated in the row).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -180,6 +189,56 @@ def done_keys() -> set[tuple]:
     return {row_key(r) for r in load_rows()}
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def try_lock(path: Path) -> bool:
+    """Claim ``path`` (a ``.lock`` file holding this pid) with an exclusive create.
+    False when a live process holds it; a lock left by a dead process is taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0  # being written or unreadable: treat as held only if it reappears
+            if holder and _pid_alive(holder):
+                return False
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def held(path: Path, wait: bool):
+    """Hold ``path``'s lock for the block. ``wait`` polls until a live holder lets go
+    (a shared distilled set); otherwise yields False at once so the caller can skip."""
+    got = try_lock(path)
+    while not got and wait:
+        time.sleep(10)
+        got = try_lock(path)
+    try:
+        yield got
+    finally:
+        if got:
+            path.unlink(missing_ok=True)
+
+
+def cell_lock_path(key: tuple) -> Path:
+    return SETS / f"cell-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.lock"
+
+
 def set_path(proto_name: str, imb: float, method: str, seed: int, variant: str = "", pipeline: str = "dm") -> Path:
     tag = f"{method}-{variant}" if variant else method
     tag += "" if pipeline == "dm" or method == "random" else f"-pipe{pipeline}"
@@ -189,7 +248,6 @@ def set_path(proto_name: str, imb: float, method: str, seed: int, variant: str =
 def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed: int, variant: str = "",
             pipeline: str = "dm"):
     """The cell's distilled set (cached under ``bench/sets``) and its distillation seconds."""
-    proto = PROTOCOLS[proto_name]
     matcher_method = method
     if variant == "mosaic":  # the pipeline's initialisation (dm's loop) with 0 iterations: nothing is matched
         if method != "random" or pipeline != "ncfm":
@@ -200,6 +258,14 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
     else:
         distill_overrides = []
     path = set_path(proto_name, imb, method, seed, variant if distill_overrides else "", pipeline)
+    with held(path.with_suffix(".lock"), wait=True):  # another worker may be distilling this set
+        return _get_set(path, imb, method, matcher_method, distill_overrides, proto_name, data, data_root, seed,
+                        variant, pipeline)
+
+
+def _get_set(path: Path, imb: float, method: str, matcher_method: str, distill_overrides: list[str],
+             proto_name: str, data, data_root: str, seed: int, variant: str, pipeline: str):
+    proto = PROTOCOLS[proto_name]
     if path.is_file():
         s = ld.load_set(path)
         if "distill_seconds" in s.extra:
@@ -341,11 +407,18 @@ def main(argv: list[str] | None = None) -> int:
         if key in done_keys():
             print(f"skip (done): {key}", flush=True)
             continue
-        print(f"cell: IF {imb} {method}{' ' + variant if variant else ''} {net} labels {labels} "
-              f"pipeline {pipeline} ...", flush=True)
-        rec = run_cell(imb, method, net, labels, args.protocol, args.data_root, args.seed, variant, pipeline)
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        with held(cell_lock_path(key), wait=False) as mine:
+            if not mine:  # parallel workers share one grid: each cell runs once
+                print(f"skip (running in another worker): {key}", flush=True)
+                continue
+            if key in done_keys():  # finished by another worker while this one was busy
+                print(f"skip (done): {key}", flush=True)
+                continue
+            print(f"cell: IF {imb} {method}{' ' + variant if variant else ''} {net} labels {labels} "
+                  f"pipeline {pipeline} ...", flush=True)
+            rec = run_cell(imb, method, net, labels, args.protocol, args.data_root, args.seed, variant, pipeline)
+            with open(RESULTS, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         print(f"  {rec['acc_mean']:.2f} ± {rec['acc_std']:.2f}  head {rec['head']:.1f} medium {rec['medium']:.1f} "
               f"tail {rec['tail']:.1f}  (distill {rec['distill_seconds']}s, eval {rec['eval_seconds']}s)", flush=True)
     return 0

@@ -92,3 +92,43 @@ def test_gradbal_scale_follows_the_stored_ratios(tmp_path):
     path.write_text(json.dumps({"mean_ratio": {"dm": 11.0}}))
     with pytest.raises(SystemExit, match="lacks"):
         accuracy.gradbal_overrides("csdm", path)
+
+
+@pytest.fixture()
+def accuracy(monkeypatch, tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        mod = importlib.import_module("accuracy")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    monkeypatch.setattr(mod, "SETS", tmp_path / "sets")  # main() rebinds these with --out-dir
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "accuracy.jsonl")
+    return mod
+
+
+def test_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(accuracy, tmp_path):
+    lock = tmp_path / "x.lock"
+    with accuracy.held(lock, wait=False) as mine:
+        assert mine and lock.read_text() == str(__import__("os").getpid())
+        with accuracy.held(lock, wait=False) as again:  # a live holder (this process): refused
+            assert not again
+        assert lock.exists()  # the refused claim must not release the holder's lock
+    assert not lock.exists()
+    import subprocess
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    lock.write_text(dead)  # left by a process that has exited
+    assert accuracy.try_lock(lock) and lock.read_text() != dead
+
+
+def test_a_cell_held_by_another_worker_is_skipped(accuracy, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(accuracy.GRIDS, "toy", [(100, "random", "convnet", "hard")])
+    ran = []
+    monkeypatch.setattr(accuracy, "run_cell", lambda *a, **k: ran.append(a) or {})
+    key = ("cifar10", 100, 10, "random", "hard", "dm", "dm", "convnet", "cpu-v1", "")
+    lock = tmp_path / "sets" / accuracy.cell_lock_path(key).name
+    lock.parent.mkdir()
+    lock.write_text(str(__import__("os").getpid()))  # held by a live process
+    assert accuracy.main(["--data-root", str(tmp_path), "--grid", "toy", "--out-dir", str(tmp_path)]) == 0
+    assert ran == [] and "running in another worker" in capsys.readouterr().out
+    assert lock.exists()
