@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                 "*training* split, `bench/results/tuning.jsonl`), listed per row in `method_config`. "
                 "The test split never informs a setting. `factor-2 mosaics` (random, pipeline ncfm) = random "
                 "real images stored as the pipeline's 2×2 mosaics, i.e. its initialisation with 0 iterations "
-                "(4·IPC random real images per class): the baseline that separates multi-formation from matching.",
+                "(4·IPC random real images per class): the baseline that separates multi-formation from matching. "
+                "`gradient-balanced scale` (csdm, pipeline ncfm) = loss scale 300 · r_ncfm / r_csdm, r the "
+                "matching/calibration gradient ratios `bench/grad_balance.py` measures on the training split "
+                "(section below); the rule uses no test data, but the idea came after the default row missed its "
+                "target on the test split, so read that row as one post-hoc attempt, not as tuned.",
                 "", "### Head / medium / tail (ConvNet-3)", "",
                 "| IF | method | pipeline | settings | overall | head | medium | tail | eval epochs × runs | distill s "
                 "| eval s | commit |",
