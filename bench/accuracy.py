@@ -154,6 +154,8 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
     "mosaic": [(100, "random", "convnet", "hard", "mosaic", "ncfm")],
     "gradbal": [(100, "csdm", "convnet", "hard", "gradbal", "ncfm")],
+    # ablation: the spectral distance without CSDM's class-aware amplitude/phase weights
+    "ablation": [(imb, "sdd", "convnet", "hard") for imb in (100, 10, 200)],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
