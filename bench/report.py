@@ -232,8 +232,14 @@ def targets(cell: dict) -> list[str]:
             o = cell.get((m, "ncfm", st, 100.0)) or cell.get((m, "ncfm", st, 100))
             if c and o:
                 gap = c["acc_mean"] - o["acc_mean"]
+                tie = "; within the larger std of the two rows, a tie" if abs(gap) <= max(
+                    c["acc_std"], o["acc_std"]) else ""
                 lines.append(f"- IF 100, pipeline ncfm: CSDM [{cst}] above {m} ({st}): "
-                             f"{'met' if gap > 0 else 'missed'} ({gap:+.1f})")
+                             f"{'met' if gap > 0 else 'missed'} ({gap:+.1f}{tie})")
+                if m == "dm":
+                    t = c["tail"] - o["tail"]
+                    lines.append(f"- IF 100, pipeline ncfm: CSDM [{cst}] above DM on the tail group: "
+                                 f"{'met' if t > 0 else 'missed'} ({t:+.1f})")
     for pipe, st in (("dm", "default"), ("dm", "tuned"), ("ncfm", "default")):
         lo, hi = get("csdm", pipe, st, 10), get("csdm", pipe, st, 200)
         if lo and hi:
