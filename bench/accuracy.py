@@ -27,8 +27,8 @@ settings the finished ``tune-v1`` validation search chose (``bench/tune.py``);
 weighs against the calibration term as ncfm's does (``bench/grad_balance.py``);
 ``bf16`` / ``bf16-eval`` are speed variants. An interrupted cell resumes its distillation from its checkpoint.
 
-Several workers (processes, machines sharing the directory, one per GPU) can run the
-same grid at once: each claims a cell with an exclusive ``.lock`` file under
+Several workers on one machine (processes, e.g. one per core or GPU) can run the
+same grid at once (the pid check is local, so not across machines): each claims a cell with an exclusive ``.lock`` file under
 ``bench/sets/`` (holding its pid; a lock whose process is gone is taken over) and
 skips cells another worker holds; a distilled set shared by several cells is
 distilled once, the other workers waiting for it.
