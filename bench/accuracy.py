@@ -154,6 +154,10 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     + [(imb, m, "convnet", "hard", "", "ncfm") for imb in (10, 200) for m in ("csdm", "ncfm")],
     "mosaic": [(100, "random", "convnet", "hard", "mosaic", "ncfm")],
     "gradbal": [(100, "csdm", "convnet", "hard", "gradbal", "ncfm")],
+    # how far pipeline ncfm's accuracy falls from IF 10 to IF 200 for dm and for the
+    # gradient-balanced csdm (the default csdm and ncfm cells are in ncfm-pipeline)
+    "stability-ncfm": [(10, "dm", "convnet", "hard", "", "ncfm"), (200, "csdm", "convnet", "hard", "gradbal", "ncfm"),
+                       (10, "csdm", "convnet", "hard", "gradbal", "ncfm"), (200, "dm", "convnet", "hard", "", "ncfm")],
     # ablation: the spectral distance without CSDM's class-aware amplitude/phase weights
     "ablation": [(imb, "sdd", "convnet", "hard") for imb in (100, 10, 200)],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
