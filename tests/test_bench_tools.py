@@ -78,6 +78,28 @@ def test_speed_variant_is_compared_with_its_own_pipeline():
     assert "44.3" in line and "53.3" not in line
 
 
+def test_csdm_against_random_and_dm_calls_ties_by_the_spread():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        report = importlib.import_module("report")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+    def r(acc, std):
+        return {"acc_mean": acc, "acc_std": std}
+
+    cell = {("csdm", "dm", "default", 100): r(44.3, 0.3), ("dm", "dm", "default", 100): r(44.7, 0.5),
+            ("random", "dm", "default", 100): r(32.0, 0.5),
+            ("csdm", "ncfm", "default", 10): r(60.0, 0.6), ("dm", "ncfm", "default", 10): r(58.0, 0.2),
+            ("random", "ncfm", "factor-2 mosaics", 10): r(43.3, 0.9),
+            ("csdm", "ncfm", "default", 200): r(51.4, 0.6)}  # no dm row: not listed
+    lines = [x for x in report.above_random_and_dm(cell) if x.startswith("| dm") or x.startswith("| ncfm")]
+    assert len(lines) == 2
+    assert "tie (-0.4)" in lines[0] and "above (+12.3)" in lines[0]
+    assert "above (+2.0)" in lines[1] and "above (+16.7)" in lines[1]
+    assert report.above_random_and_dm({("csdm", "dm", "default", 100): r(1, 1)}) == []
+
+
 def test_gradbal_scale_follows_the_stored_ratios(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     try:
