@@ -71,6 +71,10 @@ SETS = HERE / "sets"
 PROTOCOLS = {
     "cpu-v1": {"ipc": 10, "iterations": 1000, "batch_real": 64, "eval_epochs": 300, "runs": 3, "teacher_epochs": 20,
                "pool_size": 4, "pool_epochs": 5},
+    # cpu-v1 with 4x the distillation iterations (everything else equal): does a method's
+    # gap to another grow with the budget? (grid ``budget``)
+    "cpu-v1-it4000": {"ipc": 10, "iterations": 4000, "batch_real": 64, "eval_epochs": 300, "runs": 3,
+                      "teacher_epochs": 20, "pool_size": 4, "pool_epochs": 5},
     # a seconds-long check that the runner works end to end (use with --out-dir)
     "smoke": {"ipc": 2, "iterations": 2, "batch_real": 8, "eval_epochs": 1, "runs": 1, "teacher_epochs": 1,
               "pool_size": 1, "pool_epochs": 1},
@@ -160,6 +164,8 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
                        (10, "csdm", "convnet", "hard", "gradbal", "ncfm"), (200, "dm", "convnet", "hard", "", "ncfm")],
     # ablation: the spectral distance without CSDM's class-aware amplitude/phase weights
     "ablation": [(imb, "sdd", "convnet", "hard") for imb in (100, 10, 200)],
+    # run with --protocol cpu-v1-it4000: dm and csdm at 4x the iterations, beside their cpu-v1 rows
+    "budget": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }

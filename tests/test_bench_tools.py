@@ -100,6 +100,28 @@ def test_csdm_against_random_and_dm_calls_ties_by_the_spread():
     assert report.above_random_and_dm({("csdm", "dm", "default", 100): r(1, 1)}) == []
 
 
+def test_budget_rows_sit_beside_their_base_protocol_rows():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        report = importlib.import_module("report")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+    def row(method, proto, acc, tail, iters):
+        return {"imbalance": 100, "method": method, "net": "convnet", "labels": "hard", "pipeline": "dm",
+                "protocol": proto, "acc_mean": acc, "acc_std": 0.2, "tail": tail, "iterations": iters}
+
+    rows = [row("dm", "cpu-v1", 44.0, 48.0, 1000), row("csdm", "cpu-v1", 44.5, 50.0, 1000),
+            row("dm", "cpu-v1-it4000", 45.0, 49.0, 4000), row("csdm", "cpu-v1-it4000", 47.0, 53.0, 4000),
+            row("mmd", "cpu-v1", 10.0, 10.0, 1000)]  # no long row: not listed
+    out = report.budget_section(rows)
+    table = [x for x in out if x.startswith("| 100")]
+    assert len(table) == 2 and "44.5 ± 0.2" in table[0] and "47.0 ± 0.2" in table[0]
+    assert any("`cpu-v1`: +0.5 overall, +2.0 tail" in x for x in out)
+    assert any("`cpu-v1-it4000`: +2.0 overall, +4.0 tail" in x for x in out)
+    assert report.budget_section(rows[:2]) == []
+
+
 def test_gradbal_scale_follows_the_stored_ratios(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     try:
