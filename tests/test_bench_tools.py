@@ -13,13 +13,18 @@ import pytest
 from .conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def tune():
+def _bench(name: str):
+    """Import ``bench/<name>.py`` (the scripts are not a package) without leaving bench/ on sys.path."""
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        yield importlib.import_module("tune")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "bench"))
+
+
+@pytest.fixture(scope="module")
+def tune():
+    return _bench("tune")
 
 
 def _write(path, method, scores):
@@ -61,11 +66,7 @@ def test_unfinished_or_unknown_search_is_refused(tune, tmp_path, monkeypatch):
 
 
 def test_speed_variant_is_compared_with_its_own_pipeline():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        report = importlib.import_module("report")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    report = _bench("report")
 
     def row(pipeline, acc, variant=""):
         r = {"imbalance": 100, "method": "csdm", "net": "convnet", "labels": "hard", "pipeline": pipeline,
@@ -79,11 +80,7 @@ def test_speed_variant_is_compared_with_its_own_pipeline():
 
 
 def test_csdm_against_random_and_dm_calls_ties_by_the_spread():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        report = importlib.import_module("report")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    report = _bench("report")
 
     def r(acc, std):
         return {"acc_mean": acc, "acc_std": std}
@@ -101,11 +98,7 @@ def test_csdm_against_random_and_dm_calls_ties_by_the_spread():
 
 
 def test_budget_rows_sit_beside_their_base_protocol_rows():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        report = importlib.import_module("report")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    report = _bench("report")
 
     def row(method, proto, acc, tail, iters):
         return {"imbalance": 100, "method": method, "net": "convnet", "labels": "hard", "pipeline": "dm",
@@ -123,11 +116,7 @@ def test_budget_rows_sit_beside_their_base_protocol_rows():
 
 
 def test_gradbal_scale_follows_the_stored_ratios(tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        accuracy = importlib.import_module("accuracy")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    accuracy = _bench("accuracy")
     path = tmp_path / "grad_balance.json"
     path.write_text(json.dumps({"mean_ratio": {"dm": 11.0, "csdm": 1.5, "ncfm": 9.0}}))
     assert accuracy.gradbal_overrides("csdm", path) == ["loss_scale=1800"]
@@ -140,11 +129,7 @@ def test_gradbal_scale_follows_the_stored_ratios(tmp_path):
 
 @pytest.fixture()
 def accuracy(monkeypatch, tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        mod = importlib.import_module("accuracy")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    mod = _bench("accuracy")
     monkeypatch.setattr(mod, "SETS", tmp_path / "sets")  # main() rebinds these with --out-dir
     monkeypatch.setattr(mod, "RESULTS", tmp_path / "accuracy.jsonl")
     return mod
