@@ -75,6 +75,11 @@ PROTOCOLS = {
     # gap to another grow with the budget? (grid ``budget``)
     "cpu-v1-it4000": {"ipc": 10, "iterations": 4000, "batch_real": 64, "eval_epochs": 300, "runs": 3,
                       "teacher_epochs": 20, "pool_size": 4, "pool_epochs": 5},
+    # cpu-v1 with the real batch of DM's paper (256 instead of 64), everything else equal:
+    # does a characteristic-function loss, whose estimate from 64 real images is noisier
+    # than a mean's, gain more from a larger real batch than DM does? (grid ``batch``)
+    "cpu-v1-b256": {"ipc": 10, "iterations": 1000, "batch_real": 256, "eval_epochs": 300, "runs": 3,
+                    "teacher_epochs": 20, "pool_size": 4, "pool_epochs": 5},
     # a seconds-long check that the runner works end to end (use with --out-dir)
     "smoke": {"ipc": 2, "iterations": 2, "batch_real": 8, "eval_epochs": 1, "runs": 1, "teacher_epochs": 1,
               "pool_size": 1, "pool_epochs": 1},
@@ -166,6 +171,11 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "ablation": [(imb, "sdd", "convnet", "hard") for imb in (100, 10, 200)],
     # run with --protocol cpu-v1-it4000: dm and csdm at 4x the iterations, beside their cpu-v1 rows
     "budget": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
+    # run with --seed 1, --seed 2, ...: the IF 100 dm / csdm cells again with another seed
+    # (distillation and evaluation), so their gap is measured against the seed-to-seed spread
+    "seeds": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
+    # run with --protocol cpu-v1-b256: dm and csdm with batch_real 256, beside their cpu-v1 rows
+    "batch": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
@@ -173,7 +183,9 @@ KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "ev
 
 
 def row_key(r: dict) -> tuple:
-    return (*(r[k] for k in KEY_FIELDS), r.get("variant", ""))
+    """A cell's identity: its fields, its variant and its seed (rows written before
+    seeds were varied are seed 0)."""
+    return (*(r[k] for k in KEY_FIELDS), r.get("variant", ""), r.get("seed", 0))
 
 
 def commit() -> str:
@@ -415,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     for imb, method, net, labels, *rest in cells:
         variant, pipeline = (list(rest) + ["", "dm"][len(rest) :])[:2]  # defaults: no variant, pipeline dm
         key = ("cifar10", imb, PROTOCOLS[args.protocol]["ipc"], method, labels, pipeline, pipeline, net,
-               args.protocol, variant)
+               args.protocol, variant, args.seed)
         if key in done_keys():
             print(f"skip (done): {key}", flush=True)
             continue
