@@ -154,10 +154,27 @@ def test_a_cell_held_by_another_worker_is_skipped(accuracy, tmp_path, monkeypatc
     monkeypatch.setitem(accuracy.GRIDS, "toy", [(100, "random", "convnet", "hard")])
     ran = []
     monkeypatch.setattr(accuracy, "run_cell", lambda *a, **k: ran.append(a) or {})
-    key = ("cifar10", 100, 10, "random", "hard", "dm", "dm", "convnet", "cpu-v1", "")
+    key = ("cifar10", 100, 10, "random", "hard", "dm", "dm", "convnet", "cpu-v1", "", 0)
     lock = tmp_path / "sets" / accuracy.cell_lock_path(key).name
     lock.parent.mkdir()
     lock.write_text(str(__import__("os").getpid()))  # held by a live process
     assert accuracy.main(["--data-root", str(tmp_path), "--grid", "toy", "--out-dir", str(tmp_path)]) == 0
     assert ran == [] and "running in another worker" in capsys.readouterr().out
     assert lock.exists()
+
+
+def test_a_row_of_another_seed_does_not_count_as_done(accuracy, tmp_path, monkeypatch, capsys):
+    """Rows written before seeds were varied carry seed 0; a --seed 1 run must still run the cell."""
+    monkeypatch.setitem(accuracy.GRIDS, "toy", [(100, "random", "convnet", "hard")])
+    row = {"dataset": "cifar10", "imbalance": 100, "ipc": 10, "method": "random", "labels": "hard",
+           "pipeline": "dm", "eval_profile": "dm", "net": "convnet", "protocol": "cpu-v1"}
+    (tmp_path / "accuracy.jsonl").write_text(json.dumps(row) + "\n")  # no seed field: seed 0
+    ran = []
+    fake = {"acc_mean": 1.0, "acc_std": 0.0, "head": 0.0, "medium": 0.0, "tail": 0.0, "distill_seconds": 0,
+            "eval_seconds": 0}
+    monkeypatch.setattr(accuracy, "run_cell", lambda *a, **k: ran.append(a[-3]) or {**row, **fake, "seed": a[-3]})
+    argv = ["--data-root", str(tmp_path), "--grid", "toy", "--out-dir", str(tmp_path)]
+    assert accuracy.main(argv) == 0 and ran == []
+    assert "skip (done)" in capsys.readouterr().out
+    assert accuracy.main(argv + ["--seed", "1"]) == 0 and ran == [1]
+    assert accuracy.main(argv + ["--seed", "1"]) == 0 and ran == [1]  # now done for seed 1 as well
