@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     by_proto = defaultdict(list)
     variants = [r for r in rows if r.get("variant") in SPEED_VARIANTS]
     for r in rows:
-        if r.get("variant", "") in SETTINGS and r["protocol"] not in BUDGET_OF:
+        # the per-protocol tables hold the protocol's own seed (0); other seeds go to seeds_section
+        if r.get("variant", "") in SETTINGS and r["protocol"] not in BUDGET_OF and r.get("seed", 0) == 0:
             by_proto[r["protocol"]].append(r)
     for proto, rs in sorted(by_proto.items()):
         out += [f"## Protocol `{proto}`", "", PROTOCOL_TEXT.get(proto, ""), ""]
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if plot:
             out += ["", f"![per-class accuracy at IF 100]({plot.name})", ""]
     out += budget_section(rows)
+    out += seeds_section(rows)
     out += ["", "Paper numbers: CSDM paper Table 2 as quoted in SPEC §7 (RTX-class GPU, 10k-20k iterations, "
             "1000-epoch evaluation, 5 runs; NCFM-style pipeline for CSDM/NCFM). They are a different budget "
             "and, for CSDM/NCFM, probably a different pipeline (SPEC §4b): read them as the target, not as "
@@ -138,14 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-BUDGET_OF = {"cpu-v1-it4000": "cpu-v1"}  # a protocol that only changes the iterations -> its base
+# a protocol that changes one distillation budget setting (iterations, batch_real) -> its base
+BUDGET_OF = {"cpu-v1-it4000": "cpu-v1", "cpu-v1-b256": "cpu-v1"}
 
 
 def budget_section(rows: list[dict]) -> list[str]:
-    """Rows of a longer-budget protocol beside the same cell under its base protocol, and the
-    CSDM − DM gap at each budget."""
+    """Rows of a protocol with a larger distillation budget beside the same cell under its
+    base protocol, and the CSDM − DM gap under each. Seed 0 rows only (seeds_section has the rest)."""
     out = []
+    rows = [r for r in rows if r.get("seed", 0) == 0]
     key = lambda r: (r["imbalance"], r["method"], r["net"], r["labels"], r["pipeline"], r.get("variant", ""))  # noqa: E731
+    budget = lambda r: f"{r['iterations']} × {r.get('batch_real', '?')}"  # noqa: E731
     for long_p, base_p in BUDGET_OF.items():
         longs = [r for r in rows if r["protocol"] == long_p]
         base = {key(r): r for r in rows if r["protocol"] == base_p}
@@ -153,12 +158,13 @@ def budget_section(rows: list[dict]) -> list[str]:
         if not pairs:
             continue
         out += ["", f"### Distillation budget: `{base_p}` beside `{long_p}`", "", PROTOCOL_TEXT.get(long_p, ""), "",
-                "| IF | method | pipeline | settings | iterations | accuracy | tail | iterations | accuracy | tail |",
+                "| IF | method | pipeline | settings | iterations × batch_real | accuracy | tail "
+                "| iterations × batch_real | accuracy | tail |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for b, r in pairs:
-            bcells = (f"{b['iterations']} | {fmt(b)} | {b['tail']:.1f}") if b else "– | – | –"
+            bcells = (f"{budget(b)} | {fmt(b)} | {b['tail']:.1f}") if b else "– | – | –"
             out.append(f"| {r['imbalance']:g} | {r['method']} | {r['pipeline']} | {settings(r)} | {bcells} | "
-                       f"{r['iterations']} | {fmt(r)} | {r['tail']:.1f} |")
+                       f"{budget(r)} | {fmt(r)} | {r['tail']:.1f} |")
         for proto, name in ((base_p, base_p), (long_p, long_p)):
             c = {(r["method"], r["imbalance"], r["pipeline"]): r for r in rows
                  if r["protocol"] == proto and not r.get("variant") and r["net"] == "convnet" and r["labels"] == "hard"}
@@ -168,6 +174,56 @@ def budget_section(rows: list[dict]) -> list[str]:
                     out.append(f"- CSDM − DM at IF {imb:g}, pipeline {pipe}, `{name}`: "
                                f"{cr['acc_mean'] - d['acc_mean']:+.1f} overall, {cr['tail'] - d['tail']:+.1f} tail")
     return out + ([""] if out else [])
+
+
+def seeds_section(rows: list[dict]) -> list[str]:
+    """Cells run with more than one seed (distillation and evaluation seeded alike): each
+    seed's accuracy, their mean ± std over seeds, and CSDM − DM paired by seed."""
+    key = lambda r: (r["protocol"], r["pipeline"], r["imbalance"], r["net"], r["labels"], r.get("variant", ""))  # noqa: E731
+    groups = defaultdict(dict)  # key -> method -> seed -> row
+    for r in rows:
+        groups[key(r)].setdefault(r["method"], {})[r.get("seed", 0)] = r
+    multi = {k: ms for k, ms in groups.items() if any(len(by_seed) > 1 for by_seed in ms.values())}
+    if not multi:
+        return []
+    out = ["", "### Seeds: the same cell distilled and evaluated with other seeds", "",
+           "Each seed changes every random draw of the cell (initial images, real batches, networks, "
+           "augmentation, evaluation runs). `std over seeds` is the sample std of the per-seed means; the "
+           "per-seed `± std` in the other tables is only the spread of the 3 evaluation runs of one set.", "",
+           "| protocol | pipeline | IF | settings | method | per seed (overall) | mean ± std over seeds | tail, mean |",
+           "|---|---|---|---|---|---|---|---|"]
+    paired = []
+    for k, ms in sorted(multi.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        proto, pipe, imb, net, labels, var = k
+        for m, by_seed in sorted(ms.items()):
+            if len(by_seed) < 2:
+                continue
+            accs = [by_seed[s]["acc_mean"] for s in sorted(by_seed)]
+            tails = [by_seed[s]["tail"] for s in sorted(by_seed)]
+            per = ", ".join(f"s{s} {by_seed[s]['acc_mean']:.1f}" for s in sorted(by_seed))
+            out.append(f"| {proto} | {pipe} | {imb:g} | {SETTINGS.get(var, var)} | {m} | {per} | "
+                       f"{_mean(accs):.1f} ± {_std(accs):.1f} | {_mean(tails):.1f} |")
+        if "csdm" in ms and "dm" in ms:
+            common = sorted(set(ms["csdm"]) & set(ms["dm"]))
+            if len(common) > 1:
+                d = [ms["csdm"][s]["acc_mean"] - ms["dm"][s]["acc_mean"] for s in common]
+                dt = [ms["csdm"][s]["tail"] - ms["dm"][s]["tail"] for s in common]
+                paired.append(f"- CSDM − DM, paired by seed ({proto}, pipeline {pipe}, IF {imb:g}, {net}, {labels}): "
+                              + ", ".join(f"s{s} {x:+.1f}" for s, x in zip(common, d))
+                              + f"; mean {_mean(d):+.1f} ± {_std(d):.1f} over {len(d)} seeds "
+                              f"(tail {_mean(dt):+.1f}); CSDM above DM in {sum(x > 0 for x in d)} of {len(d)} seeds")
+    return out + [""] + paired + [""]
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _std(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
 
 
 def variant_table(variants: list[dict], rows: list[dict]) -> list[str]:

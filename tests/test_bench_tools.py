@@ -178,3 +178,22 @@ def test_a_row_of_another_seed_does_not_count_as_done(accuracy, tmp_path, monkey
     assert "skip (done)" in capsys.readouterr().out
     assert accuracy.main(argv + ["--seed", "1"]) == 0 and ran == [1]
     assert accuracy.main(argv + ["--seed", "1"]) == 0 and ran == [1]  # now done for seed 1 as well
+
+
+def test_seeds_section_pairs_csdm_and_dm_by_seed():
+    report = _bench("report")
+
+    def row(method, seed, acc, tail):
+        return {"imbalance": 100, "method": method, "net": "convnet", "labels": "hard", "pipeline": "dm",
+                "protocol": "cpu-v1", "acc_mean": acc, "acc_std": 0.3, "tail": tail, "seed": seed}
+
+    rows = [row("dm", 0, 44.0, 48.0), row("csdm", 0, 43.0, 50.0), row("dm", 1, 45.0, 47.0),
+            row("csdm", 1, 46.0, 51.0), row("random", 0, 30.0, 40.0)]
+    out = report.seeds_section(rows)
+    table = [x for x in out if x.startswith("| cpu-v1")]
+    assert len(table) == 2  # random has one seed only: not listed
+    assert "s0 43.0, s1 46.0" in table[0] and "44.5 ± 2.1" in table[0]
+    pair = [x for x in out if x.startswith("- CSDM − DM")]
+    assert len(pair) == 1 and "s0 -1.0, s1 +1.0" in pair[0] and "mean +0.0 ± 1.4" in pair[0]
+    assert "(tail +3.0)" in pair[0] and "1 of 2 seeds" in pair[0]
+    assert report.seeds_section([r for r in rows if r["seed"] == 0]) == []
