@@ -215,7 +215,8 @@ def seeds_section(rows: list[dict]) -> list[str]:
                 paired.append(f"- CSDM − DM, paired by seed ({proto}, pipeline {pipe}, IF {imb:g}, {net}, {labels}): "
                               + ", ".join(f"s{s} {x:+.1f}" for s, x in zip(common, d))
                               + f"; mean {_mean(d):+.1f} ± {_std(d):.1f} over {len(d)} seeds "
-                              f"(tail {_mean(dt):+.1f}); CSDM above DM in {sum(x > 0 for x in d)} of {len(d)} seeds")
+                              f"(tail {_mean(dt):+.1f} ± {_std(dt):.1f}); CSDM above DM in {sum(x > 0 for x in d)} of {len(d)} seeds "
+                              f"overall, in {sum(x > 0 for x in dt)} of {len(dt)} on the tail")
     return out + [""] + paired + [""]
 
 

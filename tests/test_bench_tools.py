@@ -195,5 +195,5 @@ def test_seeds_section_pairs_csdm_and_dm_by_seed():
     assert "s0 43.0, s1 46.0" in table[0] and "44.5 ± 2.1" in table[0]
     pair = [x for x in out if x.startswith("- CSDM − DM")]
     assert len(pair) == 1 and "s0 -1.0, s1 +1.0" in pair[0] and "mean +0.0 ± 1.4" in pair[0]
-    assert "(tail +3.0)" in pair[0] and "1 of 2 seeds" in pair[0]
+    assert "(tail +3.0 ± 1.4)" in pair[0] and "1 of 2 seeds overall, in 2 of 2 on the tail" in pair[0]
     assert report.seeds_section([r for r in rows if r["seed"] == 0]) == []
