@@ -99,6 +99,8 @@ METHOD_OVERRIDES = {
 # set evaluated with bfloat16 autocast; tuned = the method's settings from the finished
 # tune-v1 validation search (read from tuning.jsonl when the cell runs, see
 # :func:`variant_overrides`).
+# reversed (csdm) = the class-aware α map turned round (head 0.3, tail 0.9): the paper's
+# direction ablation, which says the reverse hurts.
 # mosaic (method random, pipeline ncfm only) = random real images stored as factor-2
 # mosaics: the second pipeline's initialisation with 0 iterations (4·IPC random real
 # images of the class, downsampled), the baseline that isolates multi-formation.
@@ -106,7 +108,8 @@ METHOD_OVERRIDES = {
 # matching term pulls on the pixels as hard, relative to the calibration term, as ncfm's
 # does (rule in :func:`gradbal_overrides`; measured on training data by bench/grad_balance.py).
 VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True),
-            "tuned": ([], False), "mosaic": ([], False), "gradbal": ([], False)}
+            "tuned": ([], False), "mosaic": ([], False), "gradbal": ([], False),
+            "reversed": (["alpha_head=0.3", "alpha_tail=0.9"], False)}
 SPEED_VARIANTS = ("bf16", "bf16-eval")
 
 
@@ -114,6 +117,8 @@ def variant_overrides(variant: str, method: str) -> list[str]:
     """Distillation overrides of a variant for ``method`` (after the method's defaults)."""
     if variant == "gradbal":
         return gradbal_overrides(method)
+    if variant == "reversed" and method != "csdm":
+        raise SystemExit(f"variant 'reversed' turns CSDM's α map round; it is defined for csdm only, got {method!r}")
     if variant != "tuned":
         return VARIANTS[variant][0]
     from tune import best_overrides  # bench/tune.py: replays the stored search, runs nothing
@@ -168,7 +173,9 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "stability-ncfm": [(10, "dm", "convnet", "hard", "", "ncfm"), (200, "csdm", "convnet", "hard", "gradbal", "ncfm"),
                        (10, "csdm", "convnet", "hard", "gradbal", "ncfm"), (200, "dm", "convnet", "hard", "", "ncfm")],
     # ablation: the spectral distance without CSDM's class-aware amplitude/phase weights
-    "ablation": [(imb, "sdd", "convnet", "hard") for imb in (100, 10, 200)],
+    # and CSDM with its α direction reversed (tail amplitude, head phase)
+    "ablation": [(imb, "sdd", "convnet", "hard") for imb in (100, 10, 200)]
+    + [(100, "csdm", "convnet", "hard", "reversed")],
     # run with --protocol cpu-v1-it4000: dm and csdm at 4x the iterations, beside their cpu-v1 rows
     "budget": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
     # run with --seed 1, --seed 2, ...: the IF 100 dm / csdm cells again with another seed

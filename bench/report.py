@@ -49,7 +49,9 @@ PROTOCOL_TEXT = {
 SPEED_VARIANTS = ("bf16", "bf16-eval")
 
 
-SETTINGS = {"": "default", "tuned": "tuned", "mosaic": "factor-2 mosaics", "gradbal": "gradient-balanced scale"}
+SETTINGS = {"": "default", "tuned": "tuned", "mosaic": "factor-2 mosaics", "gradbal": "gradient-balanced scale",
+            "reversed": "α reversed (head 0.3, tail 0.9)"}
+ABLATIONS = ("reversed",)  # settings that test a design choice: not a CSDM setting to compare with DM
 
 
 def settings(r: dict) -> str:
@@ -374,7 +376,7 @@ def above_random_and_dm(cell: dict) -> list[str]:
     n = 0
     for (m, pipe, st, imb), c in sorted(cell.items(), key=lambda kv: (kv[0][1], kv[0][3], kv[0][2])):
         d = cell.get(("dm", pipe, "default", imb))
-        if m != "csdm" or not d:
+        if m != "csdm" or not d or st in (SETTINGS[a] for a in ABLATIONS):
             continue
         r = cell.get(("random", pipe, "default", imb)) or cell.get(("random", pipe, "factor-2 mosaics", imb))
 

@@ -89,7 +89,8 @@ def test_csdm_against_random_and_dm_calls_ties_by_the_spread():
             ("random", "dm", "default", 100): r(32.0, 0.5),
             ("csdm", "ncfm", "default", 10): r(60.0, 0.6), ("dm", "ncfm", "default", 10): r(58.0, 0.2),
             ("random", "ncfm", "factor-2 mosaics", 10): r(43.3, 0.9),
-            ("csdm", "ncfm", "default", 200): r(51.4, 0.6)}  # no dm row: not listed
+            ("csdm", "ncfm", "default", 200): r(51.4, 0.6),  # no dm row: not listed
+            ("csdm", "dm", report.SETTINGS["reversed"], 100): r(50.0, 0.1)}  # an ablation: not listed
     lines = [x for x in report.above_random_and_dm(cell) if x.startswith("| dm") or x.startswith("| ncfm")]
     assert len(lines) == 2
     assert "tie (-0.4)" in lines[0] and "above (+12.3)" in lines[0]
@@ -197,3 +198,10 @@ def test_seeds_section_pairs_csdm_and_dm_by_seed():
     assert len(pair) == 1 and "s0 -1.0, s1 +1.0" in pair[0] and "mean +0.0 ± 1.4" in pair[0]
     assert "(tail +3.0 ± 1.4)" in pair[0] and "1 of 2 seeds overall, in 2 of 2 on the tail" in pair[0]
     assert report.seeds_section([r for r in rows if r["seed"] == 0]) == []
+
+
+def test_the_reversed_alpha_variant_turns_the_map_round_for_csdm_only():
+    accuracy = _bench("accuracy")
+    assert accuracy.variant_overrides("reversed", "csdm") == ["alpha_head=0.3", "alpha_tail=0.9"]
+    with pytest.raises(SystemExit, match="csdm only"):
+        accuracy.variant_overrides("reversed", "dm")
