@@ -359,9 +359,12 @@ def targets(cell: dict) -> list[str]:
                   "`pipeline ncfm` rows; (3) bf16 variants (speed only, accuracy unchanged within the spread); "
                   "(4) in pipeline ncfm, csdm's loss scale set so that its matching term weighs against the "
                   "calibration term as ncfm's does (`bench/grad_balance.py`, the `gradient-balanced scale` rows, "
-                  "if present). "
-                  "Not tried yet: the paper's budget (10k–20k iterations, batch_real 256–1024, 1000–2000-epoch "
-                  "evaluation), which is ~10–40× this protocol's compute."]
+                  "if present); (5) 4× the distillation iterations (`cpu-v1-it4000`) and 4× the real batch "
+                  "(`cpu-v1-b256`) for dm and csdm at IF 100, pipeline dm (the budget sections below); "
+                  "(6) two more seeds of those two cells (the seeds section below). "
+                  "Not tried: the paper's whole budget at once (10k–20k iterations, batch_real 1024, a pool of "
+                  "20 extractors × 60 epochs, 1000–2000-epoch evaluation), ~10–40× this protocol's compute per "
+                  "cell."]
     return lines + [""]
 
 
