@@ -205,3 +205,20 @@ def test_the_reversed_alpha_variant_turns_the_map_round_for_csdm_only():
     assert accuracy.variant_overrides("reversed", "csdm") == ["alpha_head=0.3", "alpha_tail=0.9"]
     with pytest.raises(SystemExit, match="csdm only"):
         accuracy.variant_overrides("reversed", "dm")
+
+
+def test_ablation_lines_subtract_each_group():
+    report = _bench("report")
+
+    def r(acc, head, med, tail):
+        return {"acc_mean": acc, "acc_std": 0.3, "head": head, "medium": med, "tail": tail}
+
+    cell = {("csdm", "dm", "default", 100): r(44.3, 45.9, 37.8, 51.5),
+            ("sdd", "dm", "default", 100): r(44.4, 48.3, 37.1, 50.3),
+            ("csdm", "dm", report.SETTINGS["reversed"], 100): r(44.4, 50.3, 37.4, 48.0),
+            ("csdm", "dm", "default", 10): r(45.8, 47.4, 36.8, 56.1)}  # no ablation at IF 10: no line
+    lines = [x for x in report.ablation_lines(cell) if x.startswith("- ")]
+    assert len(lines) == 2
+    assert "minus sdd: overall -0.1, head -2.4, medium +0.7, tail +1.2" in lines[0]
+    assert "α reversed" in lines[1] and "head -4.4" in lines[1] and "tail +3.5" in lines[1]
+    assert report.ablation_lines({("csdm", "dm", "default", 100): cell[("csdm", "dm", "default", 100)]}) == []
