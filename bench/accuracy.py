@@ -156,6 +156,7 @@ PIPELINES = {
                       "batch_size": 128, "cutmix_p": 0.5, "rrc": True}},
 }
 BASE = ("random", "dm", "csdm")
+IF100_DM_CSDM = [(100, m, "convnet", "hard") for m in ("dm", "csdm")]  # the pair the budget/seed grids rerun
 GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "if100-core": [(100, m, "convnet", "hard") for m in BASE],
     "core": [(imb, m, "convnet", "hard") for imb in (100, 10, 200, 50) for m in (*BASE, "mmd", "ncfm")],
@@ -177,12 +178,12 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     "ablation": [(imb, "sdd", "convnet", "hard") for imb in (100, 10, 200)]
     + [(100, "csdm", "convnet", "hard", "reversed")],
     # run with --protocol cpu-v1-it4000: dm and csdm at 4x the iterations, beside their cpu-v1 rows
-    "budget": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
+    "budget": IF100_DM_CSDM,
     # run with --seed 1, --seed 2, ...: the IF 100 dm / csdm cells again with another seed
     # (distillation and evaluation), so their gap is measured against the seed-to-seed spread
-    "seeds": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
+    "seeds": IF100_DM_CSDM,
     # run with --protocol cpu-v1-b256: dm and csdm with batch_real 256, beside their cpu-v1 rows
-    "batch": [(100, m, "convnet", "hard") for m in ("dm", "csdm")],
+    "batch": IF100_DM_CSDM,
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }

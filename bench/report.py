@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -187,7 +188,9 @@ def budget_section(rows: list[dict]) -> list[str]:
 def seeds_section(rows: list[dict]) -> list[str]:
     """Cells run with more than one seed (distillation and evaluation seeded alike): each
     seed's accuracy, their mean ± std over seeds, and CSDM − DM paired by seed."""
-    key = lambda r: (r["protocol"], r["pipeline"], r["imbalance"], r["net"], r["labels"], r.get("variant", ""))  # noqa: E731
+    def key(r: dict) -> tuple:
+        return r["protocol"], r["pipeline"], r["imbalance"], r["net"], r["labels"], r.get("variant", "")
+
     groups = defaultdict(dict)  # key -> method -> seed -> row
     for r in rows:
         groups[key(r)].setdefault(r["method"], {})[r.get("seed", 0)] = r
@@ -198,7 +201,8 @@ def seeds_section(rows: list[dict]) -> list[str]:
            "Each seed changes every random draw of the cell (initial images, real batches, networks, "
            "augmentation, evaluation runs). `std over seeds` is the sample std of the per-seed means; the "
            "per-seed `± std` in the other tables is only the spread of the 3 evaluation runs of one set.", "",
-           "| protocol | pipeline | IF | settings | method | per seed (overall) | mean ± std over seeds | tail, mean |",
+           "| protocol | pipeline | IF | settings | method | per seed (overall) | mean ± std over seeds "
+           "| tail, mean |",
            "|---|---|---|---|---|---|---|---|"]
     paired = []
     for k, ms in sorted(multi.items(), key=lambda kv: tuple(map(str, kv[0]))):
@@ -210,29 +214,24 @@ def seeds_section(rows: list[dict]) -> list[str]:
             tails = [by_seed[s]["tail"] for s in sorted(by_seed)]
             per = ", ".join(f"s{s} {by_seed[s]['acc_mean']:.1f}" for s in sorted(by_seed))
             out.append(f"| {proto} | {pipe} | {imb:g} | {SETTINGS.get(var, var)} | {m} | {per} | "
-                       f"{_mean(accs):.1f} ± {_std(accs):.1f} | {_mean(tails):.1f} |")
+                       f"{statistics.mean(accs):.1f} ± {_std(accs):.1f} | {statistics.mean(tails):.1f} |")
         if "csdm" in ms and "dm" in ms:
             common = sorted(set(ms["csdm"]) & set(ms["dm"]))
             if len(common) > 1:
                 d = [ms["csdm"][s]["acc_mean"] - ms["dm"][s]["acc_mean"] for s in common]
                 dt = [ms["csdm"][s]["tail"] - ms["dm"][s]["tail"] for s in common]
+                n_up, n_up_tail = sum(x > 0 for x in d), sum(x > 0 for x in dt)
                 paired.append(f"- CSDM − DM, paired by seed ({proto}, pipeline {pipe}, IF {imb:g}, {net}, {labels}): "
                               + ", ".join(f"s{s} {x:+.1f}" for s, x in zip(common, d))
-                              + f"; mean {_mean(d):+.1f} ± {_std(d):.1f} over {len(d)} seeds "
-                              f"(tail {_mean(dt):+.1f} ± {_std(dt):.1f}); CSDM above DM in {sum(x > 0 for x in d)} of {len(d)} seeds "
-                              f"overall, in {sum(x > 0 for x in dt)} of {len(dt)} on the tail")
+                              + f"; mean {statistics.mean(d):+.1f} ± {_std(d):.1f} over {len(d)} seeds "
+                              f"(tail {statistics.mean(dt):+.1f} ± {_std(dt):.1f}); CSDM above DM in {n_up} of "
+                              f"{len(d)} seeds overall, in {n_up_tail} of {len(dt)} on the tail")
     return out + [""] + paired + [""]
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
 def _std(xs: list[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    m = _mean(xs)
-    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    """Sample std; 0 for a single value."""
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def variant_table(variants: list[dict], rows: list[dict]) -> list[str]:
