@@ -305,14 +305,8 @@ def _get_set(path: Path, imb: float, method: str, matcher_method: str, distill_o
         hard = [r for r in load_rows() if (r["protocol"], r["imbalance"], r["method"], r["seed"]) ==
                 (proto_name, imb, method, seed) and r["labels"] == "hard"]  # sets saved before the field existed
         return s, float(hard[0]["distill_seconds"]) if hard else float("nan")
-    cfg = ld.make_config(matcher_method, ipc=proto["ipc"], seed=seed)
-    cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
+    cfg = distill_config(imb, method, proto_name, data_root, seed, pipeline, matcher_method, distill_overrides)
     if isinstance(cfg.options, MatchConfig):
-        cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
-                                    *METHOD_OVERRIDES.get(method, []), *PIPELINES[pipeline]["distill"],
-                                    *distill_overrides])
-        if cfg.options.extractor == "pool":
-            cfg = apply_overrides(cfg, [f"pool_size={proto['pool_size']}", f"pool_epochs={proto['pool_epochs']}"])
         resumed = path.with_suffix(".ckpt").is_file()  # an interrupted run of this cell: continue it
         if resumed:
             print(f"  resuming from {path.with_suffix('.ckpt')}", flush=True)
@@ -327,6 +321,31 @@ def _get_set(path: Path, imb: float, method: str, matcher_method: str, distill_o
         s.extra["distill_resumed"] = True  # the seconds cover only the part after the checkpoint
     ld.save_set(s, path)
     return s, seconds
+
+
+def distill_config(imb: float, method: str, proto_name: str, data_root: str | None, seed: int = 0,
+                   pipeline: str = "dm", matcher_method: str | None = None,
+                   distill_overrides: list[str] | None = None):
+    """The :class:`ltdistill.DistillConfig` a cell distils with (the presets that name a
+    cell are tested against this)."""
+    proto = PROTOCOLS[proto_name]
+    cfg = ld.make_config(matcher_method or method, ipc=proto["ipc"], seed=seed)
+    cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
+    if isinstance(cfg.options, MatchConfig):
+        cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
+                                    *METHOD_OVERRIDES.get(method, []), *PIPELINES[pipeline]["distill"],
+                                    *(distill_overrides or [])])
+        if cfg.options.extractor == "pool":
+            cfg = apply_overrides(cfg, [f"pool_size={proto['pool_size']}", f"pool_epochs={proto['pool_epochs']}"])
+    return cfg
+
+
+def eval_config(net: str, labels: str, proto_name: str, seed: int = 0, variant: str = "", pipeline: str = "dm"):
+    """The :class:`ltdistill.EvalConfig` a cell evaluates with."""
+    proto = PROTOCOLS[proto_name]
+    return ld.EvalConfig(net=net, epochs=proto["eval_epochs"], runs=proto["runs"], seed=seed,
+                         labels="hard" if labels == "hard" else "soft", bf16=VARIANTS[variant][1],
+                         **PIPELINES[pipeline]["eval"])
 
 
 def get_teacher(imb: float, proto_name: str, data, seed: int) -> tuple[dict, dict]:
@@ -363,9 +382,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
 
     proto = PROTOCOLS[proto_name]
     data = ld.load_lt_data("cifar10", data_root, imbalance=imb)
-    ecfg = ld.EvalConfig(net=net, epochs=proto["eval_epochs"], runs=proto["runs"], seed=seed,
-                         labels="hard" if labels == "hard" else "soft", bf16=VARIANTS[variant][1],
-                         **PIPELINES[pipeline]["eval"])
+    ecfg = eval_config(net, labels, proto_name, seed, variant, pipeline)
     extra: dict = {}
     if method == "full":  # the teacher itself, tested once
         _, meta = get_teacher(imb, proto_name, data, seed)
@@ -385,6 +402,8 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
                      "tau": s.extra["tau"], "temperature": s.extra["temperature"]}
         t0 = time.perf_counter()
         res = ld.evaluate_set(s, data, ecfg)
+        if s.provenance.get("commit"):
+            extra["distill_commit"] = s.provenance["commit"]
         rec = {"acc_mean": res.acc_mean, "acc_std": res.acc_std, "per_class": res.per_class_mean,
                "head": res.groups["head"], "medium": res.groups["medium"], "tail": res.groups["tail"],
                "distill_seconds": round(distill_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),

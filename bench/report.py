@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     global RES
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", default=str(RES), help="directory with accuracy.jsonl (output goes there too)")
-    RES = Path(p.parse_args(sys.argv[1:] if argv is None else argv).results)
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README's generated blocks")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    RES = Path(args.results)
     if not (RES / "accuracy.jsonl").is_file():
         raise SystemExit(f"no results to report: {RES / 'accuracy.jsonl'} does not exist")
     rows = load()
@@ -146,7 +148,72 @@ def main(argv: list[str] | None = None) -> int:
             "a like-for-like comparison.", ""]
     (RES / "ACCURACY.md").write_text("\n".join(out))
     print(f"wrote {RES / 'ACCURACY.md'}")
+    if not args.no_readme:
+        write_readme_blocks(README, rows, RES / "demo.json")
     return 0
+
+
+README = HERE.parent / "README.md"
+# The README's results table: pipeline dm across IF, and pipeline ncfm at IF 100 with the
+# variant its preset (pipeline-ncfm-cpu) runs for each method.
+README_METHODS = ("random", "dm", "mmd", "sdd", "ncfm", "csdm")
+README_VARIANT = {("ncfm", "csdm"): "gradbal"}
+
+
+def _cell(rows: list[dict], method: str, imb: float, pipeline: str) -> dict | None:
+    want = README_VARIANT.get((pipeline, method), "")
+    for r in rows:
+        if (r["protocol"], r["method"], r["imbalance"], r["pipeline"], r["net"], r["labels"], r.get("seed", 0),
+                r.get("variant", "")) == ("cpu-v1", method, imb, pipeline, "convnet", "hard", 0, want):
+            return r
+    return None
+
+
+def readme_results(rows: list[dict]) -> str:
+    """The README's one results table, generated from ``accuracy.jsonl``."""
+    cols = [(10, "dm"), (100, "dm"), (200, "dm"), (100, "ncfm")]
+    out = ["| IPC 10, overall ± std (tail) | IF 10 | IF 100 | IF 200 | IF 100, pipeline ncfm |",
+           "| --- | --- | --- | --- | --- |"]
+    for m in README_METHODS:
+        cells = []
+        for imb, pipe in cols:
+            r = _cell(rows, m, imb, pipe)
+            cells.append("–" if r is None else f"{r['acc_mean']:.1f} ± {r['acc_std']:.1f} ({r['tail']:.1f})")
+        if any(c != "–" for c in cells):
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def readme_demo(demo_path: Path) -> str:
+    """The demo's table and its fresh-clone wall time (``bench/demo.py``)."""
+    if not demo_path.is_file():
+        return "(no `bench/results/demo.json` yet: run `python bench/demo.py`)\n"
+    d = json.loads(demo_path.read_text())
+    def name(cmd: str) -> str:
+        return "demo" if "ltdistill demo" in cmd else "install" if "pip install" in cmd else "venv"
+
+    parts = ", ".join(f"{name(p['command'])} {p['seconds']:.0f} s" for p in d["parts"])
+    return (f"From a fresh clone on a {d['cpu_cores']}-core CPU machine the command took "
+            f"**{d['total_seconds'] / 60:.1f} minutes** ({parts}; commit {d['commit']}, `python bench/demo.py`):\n\n"
+            f"```\n{d['table'].rstrip()}\n```\n")
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- generated:{name} -->", f"<!-- end:{name} -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"README has no {begin} … {end} block")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
+def write_readme_blocks(readme: Path, rows: list[dict], demo_path: Path) -> None:
+    text = readme.read_text()
+    new = replace_block(text, "results", readme_results(rows))
+    new = replace_block(new, "demo", readme_demo(demo_path))
+    if new != text:
+        readme.write_text(new)
+        print(f"updated the generated blocks of {readme}")
 
 
 # a protocol that changes one distillation budget setting (iterations, batch_real) -> its base
@@ -419,30 +486,61 @@ def above_random_and_dm(cell: dict) -> list[str]:
     return out if n else []
 
 
+LINESTYLES = {"": "-", "tuned": "--", "gradbal": "-.", "reversed": ":", "mosaic": "--"}
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot_per_class(rows: list[dict], imb: float, proto: str) -> Path | None:
+    """Per-class accuracy, one panel per pipeline, one colour per method (the same in every
+    panel), variants as line styles, the legend outside the axes. None when there is
+    nothing to draw or matplotlib is absent (said on stdout)."""
     rows = [r for r in rows if r["imbalance"] == imb and r["method"] != "full"]
     if not rows:
+        return None
+    path = RES / f"per_class_if{imb:g}_{proto}.png"
+    if not have_matplotlib():
+        print(f"skipped {path.name}: matplotlib is not installed (pip install 'ltdistill[plot]')")
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    pipelines = sorted({r["pipeline"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(pipelines), figsize=(5.2 * len(pipelines) + 2.4, 4.2), sharey=True,
+                             squeeze=False)
     C = len(rows[0]["per_class"])
-    for r in sorted(rows, key=lambda r: (r["method"], r["pipeline"], settings(r))):
-        ax.plot(range(C), r["per_class"], marker="o", label=f"{r['method']} ({r['pipeline']}, {settings(r)})")
-    for lo, hi, name, col in ((-0.5, 2.5, "head", "#dde"), (2.5, 6.5, "medium", "#eed"), (6.5, 9.5, "tail", "#ede")):
-        ax.axvspan(lo, hi, color=col, zorder=0)
-        ax.text((lo + hi) / 2, 2, name, ha="center")
-    ax.set_xlabel("class (ordered by training-set size, head to tail)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"CIFAR-10-LT IF {imb:g}, IPC 10, ConvNet-3, protocol {proto}")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
-    path = RES / f"per_class_if{imb:g}_{proto}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    handles = {}
+    for ax, pipe in zip(axes[0], pipelines):
+        for r in sorted((r for r in rows if r["pipeline"] == pipe), key=lambda r: (r["method"], settings(r))):
+            label = r["method"] + (f" ({r['variant']})" if r.get("variant") else "")
+            (line,) = ax.plot(range(C), r["per_class"], marker="o", ms=3.5, lw=1.6, color=colour[r["method"]],
+                              ls=LINESTYLES.get(r.get("variant", ""), "-"), label=label)
+            handles.setdefault(label, line)
+        for lo, hi, name, col in ((-0.5, 2.5, "head", "#e4e4f2"), (2.5, 6.5, "medium", "#f2f0dc"),
+                                  (6.5, 9.5, "tail", "#e2f0e2")):
+            ax.axvspan(lo, hi, color=col, zorder=0)
+            ax.text((lo + hi) / 2, 3, name, ha="center", fontsize=9)
+        ax.set_title(f"pipeline {pipe}")
+        ax.set_xlabel("class, head → tail (training count)")
+        ax.set_xticks(range(C))
+        ax.set_xlim(-0.5, C - 0.5)
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    fig.suptitle(f"CIFAR-10-LT IF {imb:g}, IPC 10, ConvNet-3, protocol {proto}")
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(0.82, 0.5), fontsize=9,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 

@@ -40,6 +40,8 @@ class DistilledSet:
         extra: optional plain values / tensors a method adds (e.g. a loss curve summary).
         factor: multi-formation factor f: each stored image holds f x f tiles that
             :func:`ltdistill.multiformation.decode` turns into f*f training images.
+        provenance: the code that distilled the set: ``library_version`` and, when run
+            from a git checkout, ``commit`` (``+dirty`` if ``src/`` differed from it).
     """
 
     images: torch.Tensor
@@ -54,6 +56,7 @@ class DistilledSet:
     soft_labels: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     factor: int = 1
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +102,7 @@ class DistilledSet:
             "seed": int(self.seed),
             "extra": dict(self.extra),
             "factor": int(self.factor),
+            "provenance": dict(self.provenance),
         }
 
     @classmethod
@@ -116,7 +120,7 @@ class DistilledSet:
                 mean=list(d["mean"]), std=list(d["std"]), dataset=dict(d["dataset"]),
                 method=str(d["method"]), config=dict(d["config"]), seed=int(d["seed"]),
                 soft_labels=d.get("soft_labels"), extra=dict(d.get("extra") or {}),
-                factor=int(d.get("factor", 1)),
+                factor=int(d.get("factor", 1)), provenance=dict(d.get("provenance") or {}),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{where} is missing or has a malformed field: {e}") from None
@@ -193,21 +197,29 @@ def save_grid(s: DistilledSet, path: str | Path, max_per_row: int = 20, upscale:
     return Path(path)
 
 
-def export_imagefolder(s: DistilledSet, out_dir: str | Path) -> Path:
+def export_imagefolder(s: DistilledSet, out_dir: str | Path, raw: bool = False) -> Path:
     """Write the set as ``out_dir/<NNN>_<class>/<NNNN>.png`` plus ``classes.txt``.
 
-    Class folders are zero-padded label indices (so sorted order is label order)
+    The images are the ones evaluation trains on: a multi-formation set (``factor`` f > 1)
+    is decoded into its f*f tiles per stored image; ``raw=True`` writes the stored mosaics
+    instead. Class folders are zero-padded label indices (so sorted order is label order)
     followed by the class name; pixels are de-normalised to 8 bits.
     """
     from PIL import Image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    imgs = _to_uint8(s.denormalized())
+    if raw or s.factor == 1:
+        x, labels = s.images.float(), s.labels
+    else:
+        x, labels = s.training_tensors()
+    mean = torch.tensor(s.mean).view(1, -1, 1, 1)
+    std = torch.tensor(s.std).view(1, -1, 1, 1)
+    imgs = _to_uint8((x.cpu() * std + mean).clamp(0, 1))
     cw = max(3, len(str(s.num_classes - 1)))
     folders = [f"{c:0{cw}d}_{_safe(n)}" for c, n in enumerate(s.class_names)]
     counters = [0] * s.num_classes
-    for i, y in enumerate(s.labels.tolist()):
+    for i, y in enumerate(labels.tolist()):
         d = out / folders[y]
         d.mkdir(exist_ok=True)
         Image.fromarray(imgs[i]).save(d / f"{counters[y]:04d}.png")

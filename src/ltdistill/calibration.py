@@ -10,6 +10,7 @@ the distilled images themselves. No retraining, no image change.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ class ADSAResult:
     tau: float
     spread: float
     curve: list[tuple[float, float]]  # (tau, spread) over the coarse grid
+    at_edge: bool = False  # τ is an end of the grid: the minimum may lie outside it
 
 
 def adsa_search(logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor, temperature: float = 1.0,
@@ -56,4 +58,8 @@ def adsa_search(logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor,
     fine = [t for t in fine if t <= hi]
     scored = [(t, confidence_spread(logits, labels, prior, t, temperature)) for t in fine]
     tau, spread = min(scored, key=lambda ts: ts[1])
-    return ADSAResult(round(tau, 6), spread, curve)
+    at_edge = abs(tau - lo) < refine_step / 2 or abs(tau - hi) < refine_step / 2
+    if at_edge:
+        warnings.warn(f"ADSA: tau = {tau:g} is on the edge of its search grid [{lo:g}, {hi:g}]; the spread "
+                      f"may keep falling beyond it (widen the grid, or fix tau)", stacklevel=2)
+    return ADSAResult(round(tau, 6), spread, curve, at_edge)

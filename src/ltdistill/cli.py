@@ -30,17 +30,25 @@ def _write_json(path: str | Path, obj: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- distill
-def build_distill_config(args: argparse.Namespace):
-    """defaults < preset/config file < explicit flags < ``-s key=value`` overrides."""
-    from .methods import METHODS, DistillConfig
+def merged_presets(names: list[str] | None) -> dict:
+    """The presets / YAML files in order, merged deeply (later keys win key by key)."""
+    from .config import deep_merge
 
-    file_cfg: dict = {}
-    for src in args.preset or []:
-        file_cfg = {**file_cfg, **load_yaml(src)}
-    file_cfg.pop("eval", None)  # the evaluation section is for `ltdistill evaluate`
-    method = args.method or file_cfg.get("method") or "random"
-    cfg = DistillConfig(method=method, options=METHODS.get(method).Config())
-    cfg = apply_dict(cfg, file_cfg)
+    merged: dict = {}
+    for src in names or []:
+        merged = deep_merge(merged, load_yaml(src))
+    return merged
+
+
+def build_distill_config(args: argparse.Namespace, notes: list[str] | None = None):
+    """defaults < presets/config files (merged deeply) < explicit flags < ``-s key=value``.
+
+    Preset options the chosen method does not have are skipped and named in ``notes``."""
+    from .methods import config_from_preset
+
+    cfg, skipped = config_from_preset(merged_presets(args.preset), args.method)
+    if skipped and notes is not None:
+        notes.append(f"preset options not used by method {cfg.method!r}: {', '.join(skipped)}")
     flags = {"data.dataset": args.dataset, "data.data_root": args.data_root,
              "data.imbalance": args.imbalance, "data.split_seed": args.split_seed,
              "ipc": args.ipc, "seed": args.seed, "device": args.device}
@@ -51,7 +59,7 @@ def build_distill_config(args: argparse.Namespace):
         cfg = apply_dict(cfg, {"data.download": True})
     if args.resume:
         if "options.resume" not in valid_keys(cfg):
-            raise ConfigError(f"method {method!r} is not iterative: nothing to resume")
+            raise ConfigError(f"method {cfg.method!r} is not iterative: nothing to resume")
         cfg = apply_dict(cfg, {"options.resume": True})
     return apply_overrides(cfg, args.set)
 
@@ -59,16 +67,24 @@ def build_distill_config(args: argparse.Namespace):
 def cmd_distill(args: argparse.Namespace) -> int:
     from .artifact import save_set
     from .methods import distill
+    from .utils import check_writable
 
-    cfg = build_distill_config(args)
+    notes: list[str] = []
+    cfg = build_distill_config(args, notes)
+    for n in notes:
+        print(f"ltdistill: note: {n}", file=sys.stderr)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    out = Path(args.out)
+    out = check_writable(args.out, "--out")
+    prefix = out.with_suffix("")
     t0 = time.perf_counter()
-    s = distill(cfg, show_progress=not args.quiet, run_prefix=str(out.with_suffix("")))
+    s = distill(cfg, show_progress=not args.quiet, run_prefix=str(prefix))
     save_set(s, out)
     _write_json(out.with_suffix(".config.json"), to_dict(cfg))
+    ckpt = prefix.with_name(prefix.name + ".ckpt")
+    if ckpt.is_file() and not args.keep_checkpoint:
+        ckpt.unlink()  # the set is saved: the checkpoint is a second copy of it
     counts = s.dataset["class_counts"]
     print(f"distilled {len(s.labels)} images ({cfg.method}, IPC {cfg.ipc}) from {cfg.data.dataset}-LT "
           f"IF {cfg.data.imbalance:g} (class counts {counts}) in {time.perf_counter() - t0:.1f}s")
@@ -80,9 +96,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def build_eval_config(args: argparse.Namespace):
     from .evaluate import EvalConfig
 
-    cfg = EvalConfig()
-    for src in args.preset or []:
-        cfg = apply_dict(cfg, load_yaml(src).get("eval", {}))
+    cfg = apply_dict(EvalConfig(), merged_presets(args.preset).get("eval") or {})
     flags = {"net": args.net, "epochs": args.epochs, "runs": args.runs, "lr": args.lr,
              "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "labels": args.labels}
     for k, v in flags.items():
@@ -103,12 +117,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_full, evaluate_set, format_result
 
     cfg = build_eval_config(args)
+    if args.json:
+        from .utils import check_writable
+
+        check_writable(args.json, "--json")
     if args.full:
         if args.set_path is not None:
             raise ConfigError("--full evaluates the whole long-tailed dataset: give no set file")
         if args.dataset is None:
             raise ConfigError("--full needs --dataset (and --imbalance)")
-        data = load_lt_data(args.dataset, args.data_root, args.imbalance or 100.0, args.split_seed or 42)
+        data = load_lt_data(args.dataset, args.data_root, 100.0 if args.imbalance is None else args.imbalance,
+                             42 if args.split_seed is None else args.split_seed)
         title = f"full {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images), net {cfg.net}"
         res = evaluate_full(data, cfg, show_progress=not args.quiet)
         about: dict[str, Any] = {"set": None, "method": "full-dataset"}
@@ -137,8 +156,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from .data import load_lt_data
     from .teacher import save_teacher, train_teacher
 
+    from .utils import check_writable
+
     cfg = build_eval_config(args)
-    data = load_lt_data(args.dataset, args.data_root, args.imbalance, args.split_seed or 42)
+    check_writable(args.out, "--out")
+    data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed)
     t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet)
     save_teacher(t, args.out)
     print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images, "
@@ -150,6 +172,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     from .artifact import load_set, save_set
     from .teacher import label_set, load_teacher
 
+    from .utils import check_writable
+
+    check_writable(args.out, "--out")
     s = load_set(args.set_path)
     t = load_teacher(args.teacher)
     calibrate = args.calibrate or ("none" if args.tau is None else "adsa")
@@ -163,9 +188,13 @@ def cmd_label(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- small commands
 def cmd_export(args: argparse.Namespace) -> int:
     from .artifact import export_imagefolder, load_set
+    from .utils import check_writable_dir
 
-    out = export_imagefolder(load_set(args.set_path), args.out_dir)
-    print(f"exported to {out}")
+    s = load_set(args.set_path)
+    check_writable_dir(args.out_dir, "export folder")
+    out = export_imagefolder(s, args.out_dir, raw=args.raw)
+    what = "stored mosaics" if args.raw and s.factor > 1 else "images"
+    print(f"exported {what} to {out}")
     return 0
 
 
@@ -190,7 +219,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .utils import check_writable_dir
 
+    check_writable_dir(args.out, "--out")
     run_demo(args.out, quick=args.quick, show_progress=not args.quiet)
     return 0
 
@@ -226,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="set.pt")
     d.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     d.add_argument("--resume", action="store_true", help="continue from <out>.ckpt when it exists")
+    d.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep <out>.ckpt after a finished run (removed by default once the set is saved)")
     common(d)
     d.set_defaults(func=cmd_distill)
 
@@ -280,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a set as an ImageFolder of PNGs")
     x.add_argument("set_path")
     x.add_argument("out_dir")
+    x.add_argument("--raw", action="store_true",
+                   help="multi-formation sets: write the stored mosaics instead of the decoded images")
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="describe a distilled set")
@@ -292,7 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"ltdistill: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

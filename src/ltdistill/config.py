@@ -110,6 +110,32 @@ def set_key(cfg: Any, key: str, value: Any) -> Any:
     return dataclasses.replace(cfg, **{head: _convert(value, paths[key], key)})
 
 
+def has_key(cfg: Any, key: str) -> bool:
+    """Whether :func:`set_key` would find ``key`` (dotted, or a bare name of exactly one field)."""
+    paths = _paths(cfg)
+    return key in paths or sum(p.rsplit(".", 1)[-1] == key for p in paths) == 1
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """A new dict: ``update`` merged into ``base`` key by key, recursing into nested
+    mappings (a later preset changes only the keys it names, never a whole section)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def apply_overrides(cfg: Any, overrides: list[str] | None) -> Any:
     """Apply ``key=value`` strings in order."""
     for item in overrides or []:

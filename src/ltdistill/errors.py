@@ -24,3 +24,7 @@ class ArtifactError(LtdError):
 
 class TrainingError(LtdError):
     """A run diverged (NaN/inf loss) or cannot proceed."""
+
+
+class OutputError(LtdError):
+    """An output path cannot be created or written."""

@@ -93,6 +93,7 @@ def label_set(s: DistilledSet, t: dict[str, Any], calibrate: str = "none", tau: 
         res = adsa_search(logits, labels, prior, temperature)
         tau = res.tau
         extra["tau_curve"] = [[a, b] for a, b in res.curve]
+        extra["tau_at_grid_edge"] = res.at_edge
     tau = 0.0 if tau is None else float(tau)
     extra["tau"] = tau
     soft = adjusted_probs(logits.double(), prior, tau, temperature).float()

@@ -45,12 +45,51 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """Make sure ``path`` can be written (its folder created if needed) before any work
+    starts; an :class:`~ltdistill.errors.OutputError` naming the path otherwise."""
+    from .errors import OutputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    return path
+
+
+def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """The folder form of :func:`check_writable`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        from .errors import OutputError
+
+        raise OutputError(f"{what} {path} exists and is not a folder")
+    check_writable(path / ".ltdistill-probe", what)
+    return path
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename.
+
+    The file gets the usual permissions of a new file (``0666`` less the umask), not
+    the ``0600`` of a temp file, so others can read a set as they could any output."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -69,3 +108,38 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the git checkout ltdistill runs from (``+dirty`` when its tracked
+    files differ from it), or None when it is not a checkout or git is missing."""
+    import subprocess
+
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True,
+                             text=True, timeout=10)
+        if top.returncode != 0:
+            return None
+        root = Path(top.stdout.strip())
+        if not (root / "src" / "ltdistill").is_dir():  # a checkout, but not of ltdistill
+            return None
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=root, timeout=10).returncode
+        return (head + ("+dirty" if dirty else "")) if head else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+_PROVENANCE: dict | None = None
+
+
+def provenance() -> dict:
+    """Library version and, from a git checkout, its commit (computed once per process)."""
+    global _PROVENANCE
+    if _PROVENANCE is None:
+        from . import __version__
+
+        _PROVENANCE = {"library_version": __version__, "commit": git_commit()}
+    return dict(_PROVENANCE)

@@ -7,6 +7,7 @@ from .base import (
     DistillConfig,
     Method,
     RunContext,
+    config_from_preset,
     distill,
     list_methods,
     make_config,
@@ -14,6 +15,6 @@ from .base import (
 )
 
 __all__ = [
-    "METHODS", "DataConfig", "DistillConfig", "Method", "RunContext", "distill", "list_methods",
+    "METHODS", "DataConfig", "DistillConfig", "Method", "RunContext", "config_from_preset", "distill", "list_methods",
     "make_config", "register_method",
 ]

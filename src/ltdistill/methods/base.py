@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import torch
 
 from ..artifact import DistilledSet
-from ..config import to_dict
+from ..config import deep_merge, flatten, has_key, set_key, to_dict, valid_keys
 from ..data import LTData, load_lt_data
 from ..errors import ConfigError, DataError
 from ..registry import Registry
-from ..utils import resolve_device
+from ..utils import provenance, resolve_device
 
 
 @dataclass
@@ -95,6 +95,49 @@ def make_config(method: str, **top: Any) -> DistillConfig:
     return dataclasses.replace(cfg, **top) if top else cfg
 
 
+# Keys of a preset that are not config fields: ``eval`` (for ``ltdistill evaluate``),
+# ``method`` (the default method), ``per_method`` (option values for one method only,
+# e.g. csdm's loss scale in the second pipeline) and ``reproduces`` (the benchmark
+# cells the preset reproduces exactly; checked by the tests).
+PRESET_META_KEYS = ("eval", "method", "per_method", "reproduces")
+
+
+def option_keys_of_any_method() -> set[str]:
+    """Every option name some registered method has."""
+    return {k for name in METHODS.names() for k in valid_keys(METHODS.get(name).Config())}
+
+
+def config_from_preset(preset: dict, method: str | None = None) -> tuple[DistillConfig, list[str]]:
+    """A :class:`DistillConfig` for ``method`` (default: the preset's ``method``, else
+    ``random``) with a merged preset applied key by key.
+
+    An option the method lacks but another registered method has (``num_freqs`` of a
+    second-pipeline preset used with ``dm``) is skipped and returned in the list; a key
+    that no method knows is an error. ``per_method.<name>`` is applied after the rest
+    when ``<name>`` is the method.
+    """
+    method = method or preset.get("method") or "random"
+    per_method = preset.get("per_method") or {}
+    for name in per_method:
+        METHODS.get(name)  # an unknown method name in a preset is an error
+    body = {k: v for k, v in preset.items() if k not in PRESET_META_KEYS}
+    body = deep_merge(body, per_method.get(method) or {})
+    cfg = make_config(method)
+    known, skipped = None, []
+    for key, value in flatten(body).items():
+        if has_key(cfg, key):
+            cfg = set_key(cfg, key, value)
+            continue
+        leaf = key.removeprefix("options.")
+        known = option_keys_of_any_method() if known is None else known
+        if leaf in known and "." not in leaf:
+            skipped.append(leaf)
+            continue
+        raise ConfigError(f"unknown config key {key!r} in the preset; valid keys for {method}: "
+                          f"{', '.join(valid_keys(cfg))}")
+    return cfg, skipped
+
+
 def fill_indices(order: torch.Tensor, ipc: int, fill: str, cname: str) -> torch.Tensor:
     """The first ``ipc`` entries of ``order``; repeat cyclically when the class is short."""
     n = len(order)
@@ -137,5 +180,5 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         images=images.detach().cpu().float(), labels=labels.cpu().long(),
         class_names=list(data.class_names), mean=list(data.info.mean), std=list(data.info.std),
         dataset=data.split_record(), method=cfg.method, config=to_dict(cfg), seed=cfg.seed,
-        extra=extra, factor=int(extra.get("factor", 1)),
+        extra=extra, factor=int(extra.get("factor", 1)), provenance=provenance(),
     )
