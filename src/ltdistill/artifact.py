@@ -171,28 +171,35 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return np.repeat(a, 3, axis=3) if a.shape[3] == 1 else a
 
 
-def save_grid(s: DistilledSet, path: str | Path, max_per_row: int = 20, upscale: int | None = None) -> Path:
-    """PNG grid: one row per class (the first ``max_per_row`` images), de-normalised."""
-    from PIL import Image
-
-    imgs = _to_uint8(s.denormalized())
+def grid_array(images01: torch.Tensor, labels: torch.Tensor, num_classes: int, max_per_row: int = 20,
+               upscale: int | None = None) -> np.ndarray:
+    """``H x W x 3`` uint8 grid of images in [0, 1]: one row per class (its first
+    ``max_per_row`` images), upscaled so small images stay visible."""
+    imgs = _to_uint8(images01)
     _, h, w, _ = imgs.shape
     up = upscale or max(1, 32 // max(h, w))
-    cols = min(max_per_row, max(1, s.ipc()))
+    ipc = int(torch.bincount(labels, minlength=num_classes).max()) if len(labels) else 1
+    cols = min(max_per_row, max(1, ipc))
     pad = 1
-    canvas = np.full((s.num_classes * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-    for c in range(s.num_classes):
-        idx = torch.nonzero(s.labels == c).flatten()[:cols]
+    canvas = np.full((num_classes * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()[:cols]
         for j, i in enumerate(idx.tolist()):
             y, x = pad + c * (h + pad), pad + j * (w + pad)
             canvas[y : y + h, x : x + w] = imgs[i]
-    im = Image.fromarray(canvas)
     if up > 1:
-        im = im.resize((im.width * up, im.height * up), Image.NEAREST)
+        canvas = canvas.repeat(up, axis=0).repeat(up, axis=1)
+    return canvas
+
+
+def save_grid(s: DistilledSet, path: str | Path, max_per_row: int = 20, upscale: int | None = None) -> Path:
+    """PNG grid: one row per class (the first ``max_per_row`` images), de-normalised."""
     import io
 
+    from PIL import Image
+
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    Image.fromarray(grid_array(s.denormalized(), s.labels, s.num_classes, max_per_row, upscale)).save(buf, "PNG")
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 

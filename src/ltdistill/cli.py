@@ -78,18 +78,45 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     out = check_writable(args.out, "--out")
     prefix = out.with_suffix("")
+    tracker = _tracker(args, to_dict(cfg), out.stem, "distill")
     t0 = time.perf_counter()
-    s = distill(cfg, show_progress=not args.quiet, run_prefix=str(prefix))
+    try:
+        s = distill(cfg, show_progress=not args.quiet, run_prefix=str(prefix), tracker=tracker,
+                    image_every=args.log_images_every)
+    finally:
+        tracker.close()
     save_set(s, out)
     _write_json(out.with_suffix(".config.json"), to_dict(cfg))
     ckpt = prefix.with_name(prefix.name + ".ckpt")
     if ckpt.is_file() and not args.keep_checkpoint:
         ckpt.unlink()  # the set is saved: the checkpoint is a second copy of it
+    written = [out, out.with_suffix(".png")]
+    log = prefix.with_name(prefix.name + ".loss.jsonl")
+    if log.is_file():
+        written += [log, _loss_plot(log, prefix.with_name(prefix.name + ".loss.png"),
+                                    f"{cfg.method}, {cfg.data.dataset}-LT IF {cfg.data.imbalance:g}, IPC {cfg.ipc}")]
     counts = s.dataset["class_counts"]
     print(f"distilled {len(s.labels)} images ({cfg.method}, IPC {cfg.ipc}) from {cfg.data.dataset}-LT "
           f"IF {cfg.data.imbalance:g} (class counts {counts}) in {time.perf_counter() - t0:.1f}s")
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    print("wrote " + ", ".join(str(w) for w in written if w))
     return 0
+
+
+def _loss_plot(log: Path, png: Path, title: str) -> Path | None:
+    """``<out>.loss.png`` from the loss log; a note (not a failure) when matplotlib is absent."""
+    from .plots import plot_loss
+
+    try:
+        return plot_loss(log, png, title)
+    except ConfigError as e:
+        print(f"ltdistill: note: no loss plot: {e}", file=sys.stderr)
+        return None
+
+
+def _tracker(args: argparse.Namespace, config: dict, name: str, job: str):
+    from .tracking import make_tracker
+
+    return make_tracker(getattr(args, "tensorboard", None), getattr(args, "wandb", None), config, name, job)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -116,11 +143,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_lt_data
     from .evaluate import evaluate_full, evaluate_set, format_result
 
-    cfg = build_eval_config(args)
-    if args.json:
-        from .utils import check_writable
+    from .tracking import check_extras
+    from .utils import check_writable
 
+    cfg = build_eval_config(args)
+    check_extras(args.tensorboard, args.wandb)
+    if args.json:
         check_writable(args.json, "--json")
+    if args.plot:
+        check_writable(args.plot, "--plot")
     if args.full:
         if args.set_path is not None:
             raise ConfigError("--full evaluates the whole long-tailed dataset: give no set file")
@@ -129,7 +160,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = load_lt_data(args.dataset, args.data_root, 100.0 if args.imbalance is None else args.imbalance,
                              42 if args.split_seed is None else args.split_seed)
         title = f"full {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images), net {cfg.net}"
-        res = evaluate_full(data, cfg, show_progress=not args.quiet)
+        with _closing(_tracker(args, to_dict(cfg), "full", "evaluate")) as tracker:
+            res = evaluate_full(data, cfg, show_progress=not args.quiet, tracker=tracker)
         about: dict[str, Any] = {"set": None, "method": "full-dataset"}
     else:
         if args.set_path is None:
@@ -141,14 +173,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("the set's recorded class counts differ from the split rebuilt now")
         title = (f"{s.method} set {args.set_path}: {len(s.labels)} images, {d['name']}-LT "
                  f"IF {d['imbalance']:g}, net {cfg.net}, {cfg.epochs} epochs")
-        res = evaluate_set(s, data, cfg, show_progress=not args.quiet)
+        with _closing(_tracker(args, to_dict(cfg), Path(args.set_path).stem, "evaluate")) as tracker:
+            res = evaluate_set(s, data, cfg, show_progress=not args.quiet, tracker=tracker)
         about = {"set": str(args.set_path), "method": s.method, "set_config": s.config}
     print(format_result(res, data.class_names, title))
+    record = {**about, "dataset": data.split_record(), "class_names": list(data.class_names), **res.to_dict(),
+              "library_version": __version__}
     if args.json:
-        _write_json(args.json, {**about, "dataset": data.split_record(), **res.to_dict(),
-                                "library_version": __version__})
+        _write_json(args.json, record)
         print(f"wrote {args.json}")
+    if args.plot:
+        from .plots import plot_per_class
+
+        label = about["method"] if about["method"] != "full-dataset" else "whole LT set"
+        plot_per_class([(label, record)], args.plot, title)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _closing(tracker):
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield tracker
+        finally:
+            tracker.close()
+
+    return ctx()
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .plots import compare_table, load_result, plot_per_class
+    from .utils import check_writable
+
+    if args.plot:
+        check_writable(args.plot, "--plot")
+    results = [(_result_label(p, r), r) for p in args.results for r in [load_result(p)]]
+    print(compare_table(results))
+    if args.plot:
+        plot_per_class(results, args.plot, args.title or "per-class accuracy, head → tail")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _result_label(path: str, r: dict) -> str:
+    """A result's name in a comparison: the file's stem (``runs/csdm.json`` -> ``csdm``)."""
+    return Path(path).stem
 
 
 # ----------------------------------------------------------------------------- teacher / label
@@ -156,12 +228,15 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from .data import load_lt_data
     from .teacher import save_teacher, train_teacher
 
+    from .tracking import check_extras
     from .utils import check_writable
 
     cfg = build_eval_config(args)
+    check_extras(args.tensorboard, args.wandb)
     check_writable(args.out, "--out")
     data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed)
-    t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet)
+    with _closing(_tracker(args, to_dict(cfg), Path(args.out).stem, "teacher")) as tracker:
+        t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet, tracker=tracker)
     save_teacher(t, args.out)
     print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images, "
           f"{cfg.epochs} epochs, final loss {t['final_loss']:.3f}); wrote {args.out}")
@@ -222,7 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .utils import check_writable_dir
 
     check_writable_dir(args.out, "--out")
-    run_demo(args.out, quick=args.quick, show_progress=not args.quiet)
+    run_demo(args.out, quick=args.quick, show_progress=not args.quiet, workers=args.workers)
     return 0
 
 
@@ -245,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int)
         q.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
+        q.add_argument("--tensorboard", metavar="DIR", help="log to TensorBoard in DIR (extra: tensorboard)")
+        q.add_argument("--wandb", metavar="PROJECT",
+                       help="log to Weights & Biases (extra: wandb; WANDB_MODE=offline works without network)")
 
     d = sub.add_parser("distill", help="distil a synthetic set", epilog=_registries(), formatter_class=fmt)
     d.add_argument("--dataset")
@@ -257,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="set.pt")
     d.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     d.add_argument("--resume", action="store_true", help="continue from <out>.ckpt when it exists")
+    d.add_argument("--log-images-every", type=int, default=100, metavar="K",
+                   help="with --tensorboard/--wandb: the synthetic image grid every K iterations (and at the end)")
     d.add_argument("--keep-checkpoint", action="store_true",
                    help="keep <out>.ckpt after a finished run (removed by default once the set is saved)")
     common(d)
@@ -277,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int)
     e.add_argument("--labels", choices=["auto", "hard", "soft"])
     e.add_argument("--json", help="write the result as JSON here")
+    e.add_argument("--plot", metavar="FILE.png", help="per-class accuracy bars, head to tail, mean ± std over runs")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -308,7 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="demo_out")
     m.add_argument("--quick", action="store_true", help="a much shorter schedule (seconds)")
     m.add_argument("--quiet", action="store_true")
+    m.add_argument("--workers", type=int, help="parallel processes (default: one per core, at most 2)")
     m.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("compare", help="several evaluation results side by side (table, and bars with --plot)")
+    c.add_argument("results", nargs="+", metavar="RESULT.json", help="files written by `evaluate --json`")
+    c.add_argument("--plot", metavar="FILE.png", help="the per-class bars of all results in one figure")
+    c.add_argument("--title")
+    c.set_defaults(func=cmd_compare)
 
     x = sub.add_parser("export", help="write a set as an ImageFolder of PNGs")
     x.add_argument("set_path")

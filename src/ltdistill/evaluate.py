@@ -79,6 +79,7 @@ class EvalResult:
     runs: list[RunResult]
     label_track: str
     config: dict[str, Any] = field(default_factory=dict)
+    group_classes: dict[str, list[int]] = field(default_factory=dict)  # class indices of each group
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,7 +88,7 @@ class EvalResult:
             "labels": self.label_track,
             "runs": [{"acc": r.acc, "per_class": r.per_class, "seconds": r.seconds,
                       "final_loss": r.final_loss} for r in self.runs],
-            "config": self.config,
+            "config": self.config, "group_classes": self.group_classes,
         }
 
 
@@ -145,6 +146,7 @@ def train_nets(
     cfg: EvalConfig,
     seeds: list[int],
     progress: Any = None,
+    on_epoch: Any = None,
 ) -> tuple[list[torch.nn.Module], list[float]]:
     """Train one fresh net per seed on the same data, together.
 
@@ -153,6 +155,7 @@ def train_nets(
     training them one by one gives (up to float summation order). Without batch
     norm the R forwards run as one ``torch.func.vmap`` call over stacked weights
     (measured slower than separate forwards on a 2-core CPU; meant for GPUs).
+    ``on_epoch(epoch, losses, lr)`` is called after every epoch (1-based) when given.
     """
     from torch.func import functional_call, stack_module_state
 
@@ -230,6 +233,8 @@ def train_nets(
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{sum(last) / R:.3f}")
+        if on_epoch is not None:
+            on_epoch(ep + 1, last, opt.param_groups[0]["lr"])
     if batched:
         with torch.no_grad():
             for r, net in enumerate(nets):
@@ -279,16 +284,20 @@ def _summarise(runs: list[RunResult], data: LTData, track: str, cfg: EvalConfig)
         groups_std[gname] = _std(vals)
     from .config import to_dict
 
-    return EvalResult(sum(accs) / len(accs), _std(accs), per_class, groups, groups_std, runs, track, to_dict(cfg))
+    return EvalResult(sum(accs) / len(accs), _std(accs), per_class, groups, groups_std, runs, track, to_dict(cfg),
+                      {g: list(cls) for g, cls in data.groups().items()})
 
 
 def evaluate_tensors(
-    x: torch.Tensor, y: torch.Tensor, data: LTData, cfg: EvalConfig, show_progress: bool = False
+    x: torch.Tensor, y: torch.Tensor, data: LTData, cfg: EvalConfig, show_progress: bool = False,
+    tracker: Any = None,
 ) -> EvalResult:
     """Run the protocol ``cfg.runs`` times on (x, y); run r uses seed ``derive_seed(cfg.seed, 'run', r)``.
 
     With ``batched_runs`` the runs train together (see :func:`train_nets`);
     each run's ``seconds`` is then the group's wall time divided by the runs.
+    A :class:`~ltdistill.tracking.Tracker` gets the training loss and lr per epoch
+    (step = epoch, counted across run groups), and each run's accuracy and groups.
     """
     from .progress import progress_bar
 
@@ -301,16 +310,31 @@ def evaluate_tensors(
         t0 = time.perf_counter()
         with progress_bar(total=cfg.epochs, desc=f"eval {cfg.net} ({len(group)} run(s), group {k + 1}/{len(groups)})",
                           enabled=show_progress) as bar:
-            nets, last = train_nets(x, y, data, cfg, group, bar)
+            on_epoch = None
+            if tracker:
+                def on_epoch(ep, losses, lr, _k=k):
+                    step = _k * cfg.epochs + ep
+                    tracker.scalar("eval/train_loss", sum(losses) / len(losses), step)
+                    tracker.scalar("eval/lr", lr, step)
+            nets, last = train_nets(x, y, data, cfg, group, bar, on_epoch)
         work = cfg.epochs * len(x) * x.shape[-1] * x.shape[-2]  # compile the test forward with the training
         mode = "on" if should_compile(cfg.compile, work) else "off"
         tested = [test_accuracy(net, data, device, cfg.test_batch_size, mode, cfg.bf16) for net in nets]
         dt = (time.perf_counter() - t0) / len(group)
         runs += [RunResult(acc, per_class, dt, loss) for (acc, per_class), loss in zip(tested, last)]
-    return _summarise(runs, data, track, cfg)
+    res = _summarise(runs, data, track, cfg)
+    if tracker:
+        for r, run in enumerate(res.runs):
+            tracker.scalar("eval/acc", run.acc, r)
+            for g, cls in res.group_classes.items():
+                if cls:
+                    tracker.scalar(f"eval/{g}", sum(run.per_class[c] for c in cls) / len(cls), r)
+        tracker.summary({"eval/acc_mean": res.acc_mean, "eval/acc_std": res.acc_std,
+                         **{f"eval/{g}_mean": v for g, v in res.groups.items()}})
+    return res
 
 
-def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False) -> EvalResult:
+def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False, tracker: Any = None) -> EvalResult:
     """Evaluate a :class:`~ltdistill.artifact.DistilledSet` on ``data``'s test split."""
     check_compatible(s, data)
     use_soft = cfg.labels == "soft" or (cfg.labels == "auto" and s.soft_labels is not None)
@@ -319,13 +343,13 @@ def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False) 
     if use_soft and s.soft_labels is None:
         raise ConfigError("labels=soft requested but the set carries no soft labels")
     x, y = s.training_tensors(soft=use_soft)
-    return evaluate_tensors(x, y, data, cfg, show_progress)
+    return evaluate_tensors(x, y, data, cfg, show_progress, tracker)
 
 
-def evaluate_full(data: LTData, cfg: EvalConfig, show_progress: bool = False) -> EvalResult:
+def evaluate_full(data: LTData, cfg: EvalConfig, show_progress: bool = False, tracker: Any = None) -> EvalResult:
     """The "whole long-tailed dataset" reference: the same trainer on every real image."""
     x = data.normalize(data.train.images)
-    return evaluate_tensors(x, data.train.labels, data, cfg, show_progress)
+    return evaluate_tensors(x, data.train.labels, data, cfg, show_progress, tracker)
 
 
 def check_compatible(s, data: LTData) -> None:

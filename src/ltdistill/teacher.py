@@ -14,19 +14,28 @@ from .calibration import adjusted_probs, adsa_search
 from .config import to_dict
 from .data import LTData
 from .errors import ArtifactError, ConfigError
-from .evaluate import EvalConfig, train_net
+from .evaluate import EvalConfig
 from .nets import create_net
 from .utils import atomic_torch_save, resolve_device
 
 TEACHER_FORMAT = "ltdistill-teacher"
 
 
-def train_teacher(data: LTData, cfg: EvalConfig, seed: int = 0, show_progress: bool = False) -> dict[str, Any]:
-    """Train ``cfg.net`` on the whole long-tailed split (cross-entropy, DSA, seeded)."""
+def train_teacher(data: LTData, cfg: EvalConfig, seed: int = 0, show_progress: bool = False,
+                  tracker: Any = None) -> dict[str, Any]:
+    """Train ``cfg.net`` on the whole long-tailed split (cross-entropy, DSA, seeded).
+    A tracker gets ``teacher/train_loss`` and ``teacher/lr`` per epoch."""
+    from .evaluate import train_nets
     from .progress import progress_bar
 
+    def on_epoch(ep, losses, lr):
+        tracker.scalar("teacher/train_loss", losses[0], ep)
+        tracker.scalar("teacher/lr", lr, ep)
+
     with progress_bar(total=cfg.epochs, desc=f"teacher {cfg.net}", enabled=show_progress) as bar:
-        net, loss = train_net(data.normalize(data.train.images), data.train.labels, data, cfg, seed, bar)
+        nets, losses = train_nets(data.normalize(data.train.images), data.train.labels, data, cfg, [seed], bar,
+                                  on_epoch if tracker else None)
+        net, loss = nets[0], losses[0]
     return {
         "format": TEACHER_FORMAT, "format_version": 1, "net": cfg.net,
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},

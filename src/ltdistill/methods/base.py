@@ -62,6 +62,8 @@ class RunContext:
     options: Any
     show_progress: bool = False
     run_prefix: str | None = None  # long runs write <prefix>.ckpt and <prefix>.loss.jsonl
+    tracker: Any = None  # a ltdistill.tracking.Tracker (TensorBoard / W&B) or None
+    image_every: int = 0  # iterations between synthetic-image grids sent to the tracker (0: end only)
 
 
 class Method:
@@ -161,8 +163,12 @@ def validate(cfg: DistillConfig) -> None:
 
 
 def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool = False,
-            run_prefix: str | None = None) -> DistilledSet:
-    """Run ``cfg.method`` on the long-tailed split and return the distilled set."""
+            run_prefix: str | None = None, tracker: Any = None, image_every: int = 0) -> DistilledSet:
+    """Run ``cfg.method`` on the long-tailed split and return the distilled set.
+
+    ``tracker`` (:func:`ltdistill.tracking.make_tracker`) receives the loss and learning
+    rate at every log step and, every ``image_every`` iterations and at the end, the
+    synthetic images as a grid (decoded, de-normalised)."""
     validate(cfg)
     cls = METHODS.get(cfg.method)
     if not isinstance(cfg.options, cls.Config):
@@ -171,14 +177,23 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         d = cfg.data
         data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download)
     ctx = RunContext(cfg.ipc, cfg.seed, resolve_device(cfg.device), cfg.fill, cfg.options,
-                     show_progress, run_prefix)
+                     show_progress, run_prefix, tracker, image_every)
     t0 = time.perf_counter()
     images, labels, extra = cls().run(data, ctx)
     extra = dict(extra)
     extra.setdefault("distill_seconds", time.perf_counter() - t0)
-    return DistilledSet(
+    out = DistilledSet(
         images=images.detach().cpu().float(), labels=labels.cpu().long(),
         class_names=list(data.class_names), mean=list(data.info.mean), std=list(data.info.std),
         dataset=data.split_record(), method=cfg.method, config=to_dict(cfg), seed=cfg.seed,
         extra=extra, factor=int(extra.get("factor", 1)), provenance=provenance(),
     )
+    if tracker:
+        from ..artifact import grid_array
+
+        x, y = out.training_tensors()
+        mean = torch.tensor(out.mean).view(1, -1, 1, 1)
+        std = torch.tensor(out.std).view(1, -1, 1, 1)
+        tracker.image("distill/synthetic", grid_array((x * std + mean).clamp(0, 1), y, out.num_classes),
+                      int(getattr(cfg.options, "iterations", 0) or 0))
+    return out

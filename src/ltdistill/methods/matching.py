@@ -164,6 +164,18 @@ def _optimizer(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Opti
     raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
+def _track_images(ctx: RunContext, data: LTData, x: torch.Tensor, labels: torch.Tensor, factor: int,
+                  step: int) -> None:
+    """The current synthetic images (decoded, normalised) as a de-normalised grid."""
+    from ..artifact import grid_array
+
+    mean = torch.tensor(data.info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.info.std).view(1, -1, 1, 1)
+    x = (x.float().cpu() * std + mean).clamp(0, 1)
+    y = labels.repeat_interleave(factor**2) if factor > 1 else labels
+    ctx.tracker.image("distill/synthetic", grid_array(x, y, data.num_classes), step)
+
+
 def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     cfg: MatchConfig = ctx.options
     _validate(cfg)
@@ -317,6 +329,11 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                 if log_path is not None:
                     with open(log_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
+                if ctx.tracker:
+                    ctx.tracker.scalar("distill/loss", total, it + 1)
+                    ctx.tracker.scalar("distill/lr_img", opt.param_groups[0]["lr"], it + 1)
+            if ctx.tracker and ctx.image_every and (it + 1) % ctx.image_every == 0 and it + 1 < cfg.iterations:
+                _track_images(ctx, data, to_net(syn.detach()), labels, cfg.factor, it + 1)
             if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
                 save_ckpt(it + 1)
     if ckpt is not None and cfg.iterations > start:
