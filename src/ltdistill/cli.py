@@ -51,6 +51,7 @@ def build_distill_config(args: argparse.Namespace, notes: list[str] | None = Non
         notes.append(f"preset options not used by method {cfg.method!r}: {', '.join(skipped)}")
     flags = {"data.dataset": args.dataset, "data.data_root": args.data_root,
              "data.imbalance": args.imbalance, "data.split_seed": args.split_seed,
+             "data.image_size": args.image_size, "data.n_per_class": args.n_per_class,
              "ipc": args.ipc, "seed": args.seed, "device": args.device}
     for k, v in flags.items():
         if v is not None:
@@ -94,10 +95,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     log = prefix.with_name(prefix.name + ".loss.jsonl")
     if log.is_file():
         written += [log, _loss_plot(log, prefix.with_name(prefix.name + ".loss.png"),
-                                    f"{cfg.method}, {cfg.data.dataset}-LT IF {cfg.data.imbalance:g}, IPC {cfg.ipc}")]
+                                    f"{cfg.method}, {cfg.data.dataset} IF {s.dataset['imbalance']:.3g}, IPC {cfg.ipc}")]
     counts = s.dataset["class_counts"]
     print(f"distilled {len(s.labels)} images ({cfg.method}, IPC {cfg.ipc}) from {cfg.data.dataset}-LT "
-          f"IF {cfg.data.imbalance:g} (class counts {counts}) in {time.perf_counter() - t0:.1f}s")
+          f"IF {s.dataset['imbalance']:.4g} (class counts {counts}) in {time.perf_counter() - t0:.1f}s")
     print("wrote " + ", ".join(str(w) for w in written if w))
     return 0
 
@@ -140,7 +141,7 @@ def build_eval_config(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .artifact import load_set
-    from .data import load_lt_data
+    from .data import data_from_record, load_lt_data
     from .evaluate import evaluate_full, evaluate_set, format_result
 
     from .tracking import check_extras
@@ -157,9 +158,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("--full evaluates the whole long-tailed dataset: give no set file")
         if args.dataset is None:
             raise ConfigError("--full needs --dataset (and --imbalance)")
-        data = load_lt_data(args.dataset, args.data_root, 100.0 if args.imbalance is None else args.imbalance,
-                             42 if args.split_seed is None else args.split_seed)
-        title = f"full {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images), net {cfg.net}"
+        data = load_lt_data(args.dataset, args.data_root, args.imbalance,
+                            42 if args.split_seed is None else args.split_seed, image_size=args.image_size,
+                            n_per_class=args.n_per_class, show_progress=not args.quiet)
+        title = f"full {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images), net {cfg.net}"
         with _closing(_tracker(args, to_dict(cfg), "full", "evaluate")) as tracker:
             res = evaluate_full(data, cfg, show_progress=not args.quiet, tracker=tracker)
         about: dict[str, Any] = {"set": None, "method": "full-dataset"}
@@ -168,11 +170,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("give a distilled set file to evaluate (or --full)")
         s = load_set(args.set_path)
         d = s.dataset
-        data = load_lt_data(d["name"], args.data_root, d["imbalance"], d["split_seed"])
-        if data.class_counts != list(d["class_counts"]):
-            raise ConfigError("the set's recorded class counts differ from the split rebuilt now")
+        root = args.data_root or (s.config.get("data") or {}).get("data_root")
+        data = data_from_record(d, root, show_progress=not args.quiet)
         title = (f"{s.method} set {args.set_path}: {len(s.labels)} images, {d['name']}-LT "
-                 f"IF {d['imbalance']:g}, net {cfg.net}, {cfg.epochs} epochs")
+                 f"IF {d['imbalance']:.4g}, net {cfg.net}, {cfg.epochs} epochs")
         with _closing(_tracker(args, to_dict(cfg), Path(args.set_path).stem, "evaluate")) as tracker:
             res = evaluate_set(s, data, cfg, show_progress=not args.quiet, tracker=tracker)
         about = {"set": str(args.set_path), "method": s.method, "set_config": s.config}
@@ -234,11 +235,12 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     cfg = build_eval_config(args)
     check_extras(args.tensorboard, args.wandb)
     check_writable(args.out, "--out")
-    data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed)
+    data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed,
+                        image_size=args.image_size, n_per_class=args.n_per_class, show_progress=not args.quiet)
     with _closing(_tracker(args, to_dict(cfg), Path(args.out).stem, "teacher")) as tracker:
         t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet, tracker=tracker)
     save_teacher(t, args.out)
-    print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:g} ({len(data.train)} images, "
+    print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images, "
           f"{cfg.epochs} epochs, final loss {t['final_loss']:.3f}); wrote {args.out}")
     return 0
 
@@ -274,12 +276,45 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.set_path is None:
+        return _dataset_info(args)
     from .artifact import load_set
 
     s = load_set(args.set_path)
     print(json.dumps({"method": s.method, "images": list(s.images.shape), "ipc": s.ipc(),
                       "soft_labels": s.soft_labels is not None, "dataset": s.dataset,
-                      "seed": s.seed, "config": s.config}, indent=2))
+                      "seed": s.seed, "config": s.config, "provenance": s.provenance}, indent=2))
+    return 0
+
+
+def _dataset_info(args: argparse.Namespace) -> int:
+    """Class counts, imbalance factor, image size and a bar chart of the class distribution."""
+    from .data import load_lt_data
+    from .utils import check_writable
+
+    if args.dataset is None:
+        raise ConfigError("give a distilled set, or --dataset (and --data-root) to describe a dataset")
+    plot = check_writable(args.plot or f"{args.dataset}_class_counts.png", "--plot")
+    data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed,
+                        image_size=args.image_size, n_per_class=args.n_per_class, show_progress=True)
+    counts = data.class_counts
+    groups = data.groups()
+    w = max(len(n) for n in data.class_names)
+    print(f"{args.dataset}: {data.num_classes} classes, {len(data.train)} training and {len(data.test)} test images, "
+          f"{data.info.image_size}x{data.info.image_size} px, {data.info.channels} channel(s)")
+    print(f"imbalance factor (largest / smallest class): {max(counts) / max(1, min(counts)):.4g}"
+          + (" (imposed)" if data.meta.get("imposed_imbalance") or args.dataset != "imagefolder" else " (as it is)"))
+    if data.meta.get("greyscale_converted"):
+        print(f"greyscale images converted to RGB: {data.meta['greyscale_converted']}")
+    print(f"mean {list(data.info.mean)}, std {list(data.info.std)}")
+    group_of = {c: g for g, cls in groups.items() for c in cls}
+    for c in sorted(range(data.num_classes), key=lambda c: (-counts[c], c)):
+        print(f"  {data.class_names[c]:<{w}} {counts[c]:>7}  {group_of.get(c, '')}")
+    from .plots import plot_class_counts
+
+    plot_class_counts(data.class_names, counts, groups, plot, f"{args.dataset} training split "
+                      f"({data.num_classes} classes, IF {max(counts) / max(1, min(counts)):.3g})")
+    print(f"wrote {plot}")
     return 0
 
 
@@ -324,11 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--wandb", metavar="PROJECT",
                        help="log to Weights & Biases (extra: wandb; WANDB_MODE=offline works without network)")
 
+    def data_flags(q: argparse.ArgumentParser, required: bool = False) -> None:
+        q.add_argument("--dataset", required=required, help="cifar10, cifar100, digits or imagefolder")
+        q.add_argument("--data-root")
+        q.add_argument("--imbalance", type=float,
+                       help="impose SPEC §1's split with this factor (default: 100; imagefolder: the data as it is)")
+        q.add_argument("--split-seed", type=int)
+        q.add_argument("--image-size", type=int, metavar="N", help="imagefolder: resize every image to N x N")
+        q.add_argument("--n-per-class", type=int, metavar="N",
+                       help="imagefolder with --imbalance: the head count of the rule (default: the largest class)")
+
     d = sub.add_parser("distill", help="distil a synthetic set", epilog=_registries(), formatter_class=fmt)
-    d.add_argument("--dataset")
-    d.add_argument("--data-root")
-    d.add_argument("--imbalance", type=float)
-    d.add_argument("--split-seed", type=int)
+    data_flags(d)
     d.add_argument("--download", action="store_true", help="fetch CIFAR via torchvision first")
     d.add_argument("--ipc", type=int)
     d.add_argument("--method")
@@ -345,11 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="train fresh nets on a set and test them", epilog=_registries(),
                        formatter_class=fmt)
     e.add_argument("set_path", nargs="?", help="distilled set (.pt)")
-    e.add_argument("--data-root")
-    e.add_argument("--full", action="store_true", help="reference: train on the whole long-tailed split")
-    e.add_argument("--dataset", help="with --full")
-    e.add_argument("--imbalance", type=float, help="with --full")
-    e.add_argument("--split-seed", type=int, help="with --full")
+    e.add_argument("--full", action="store_true", help="reference: train on the whole long-tailed split "
+                   "(with --dataset and the split's flags)")
+    data_flags(e)
     e.add_argument("--net")
     e.add_argument("--epochs", type=int)
     e.add_argument("--runs", type=int)
@@ -363,10 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("teacher", help="train a teacher on the long-tailed split (for soft labels)",
                        epilog=_registries(), formatter_class=fmt)
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--data-root")
-    t.add_argument("--imbalance", type=float, default=100.0)
-    t.add_argument("--split-seed", type=int)
+    data_flags(t, required=True)
     t.add_argument("--net")
     t.add_argument("--epochs", type=int)
     t.add_argument("--lr", type=float)
@@ -405,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-formation sets: write the stored mosaics instead of the decoded images")
     x.set_defaults(func=cmd_export)
 
-    i = sub.add_parser("info", help="describe a distilled set")
-    i.add_argument("set_path")
+    i = sub.add_parser("info", help="describe a distilled set, or a dataset (--dataset) with a class-count chart")
+    i.add_argument("set_path", nargs="?")
+    data_flags(i)
+    i.add_argument("--plot", metavar="FILE.png", help="with --dataset: the chart (default <dataset>_class_counts.png)")
     i.set_defaults(func=cmd_info)
 
     ls = sub.add_parser("list", help="registered methods, nets, datasets and presets")

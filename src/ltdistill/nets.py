@@ -21,6 +21,22 @@ NETS: Registry[Callable[..., nn.Module]] = Registry("net")
 
 
 def register_net(name: str):
+    """Register a network factory under ``name`` (a decorator), usable everywhere a net is
+    named (``options.net``, ``evaluate --net``, ``teacher --net``).
+
+    The contract: ``factory(channels, num_classes, image_size, **options)`` returns an
+    ``nn.Module`` with
+
+    - ``embed(x)``: ``N x C x H x W`` -> ``N x feature_dim`` (the features distribution
+      matching compares; they must depend on the input through differentiable ops);
+    - ``feature_dim``: an int attribute;
+    - ``classifier``: a module mapping ``N x feature_dim`` to ``N x num_classes`` logits;
+    - ``forward(x) == classifier(embed(x))``.
+
+    Weights are initialised by the global RNG at construction (:func:`init_net` seeds it).
+    Per-sample normalisation (or none) keeps the matching's one-forward path exact; batch
+    norm is detected and handled.
+    """
     return NETS.register(name)
 
 
@@ -37,9 +53,13 @@ def create_net(
     """
     factory = NETS.get(name)
     try:
-        return factory(channels=channels, num_classes=num_classes, image_size=image_size, **kwargs)
+        net = factory(channels=channels, num_classes=num_classes, image_size=image_size, **kwargs)
     except TypeError as e:
         raise ConfigError(f"bad options for net {name!r}: {e}") from None
+    missing = [a for a in ("embed", "feature_dim", "classifier") if not hasattr(net, a)]
+    if missing:
+        raise ConfigError(f"net {name!r} lacks {', '.join(missing)}: see ltdistill.register_net for the contract")
+    return net
 
 
 def init_net(name: str, channels: int, num_classes: int, image_size: int, seed: int, **kwargs) -> nn.Module:

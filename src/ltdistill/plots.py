@@ -176,3 +176,32 @@ def compare_table(results: list[tuple[str, dict]]) -> str:
         cnt = f" ({counts[c]})" if c < len(counts) else ""
         row(f"  {n}{cnt}"[:18], [f"{r['per_class'][c]:.2f}" for _, r in results])
     return "\n".join(lines)
+
+
+def plot_class_counts(names: list[str], counts: list[int], groups: dict[str, list[int]], png_path: str | Path,
+                      title: str = "") -> Path:
+    """The class distribution of a training split: bars head to tail, log scale, groups shaded."""
+    plt = _pyplot()
+    C = len(names)
+    order = sorted(range(C), key=lambda c: (-counts[c], c))
+    pos = {c: i for i, c in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 0.35 * C + 2)), 3.8))
+    for g, cls in groups.items():
+        if cls:
+            lo, hi = min(pos[c] for c in cls), max(pos[c] for c in cls)
+            ax.axvspan(lo - 0.5, hi + 0.5, color=GROUP_COLOURS.get(g, "#eeeeee"), zorder=0)
+            ax.text((lo + hi) / 2, max(counts) * 1.6, g, ha="center", fontsize=9)
+    ax.bar(range(C), [counts[c] for c in order], color="#4c72b0", zorder=2)
+    ax.set_yscale("log")
+    ax.set_ylim(max(0.5, min(counts) / 2), max(counts) * 3)
+    ax.set_xlim(-0.5, C - 0.5)
+    ax.set_ylabel("training images (log)")
+    if C <= 30:
+        ax.set_xticks(range(C))
+        ax.set_xticklabels([names[c] for c in order], rotation=45 if C > 8 else 0, ha="right" if C > 8 else "center",
+                           fontsize=8)
+    else:
+        ax.set_xlabel(f"{C} classes, head → tail")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, png_path)

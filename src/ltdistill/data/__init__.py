@@ -5,14 +5,18 @@ from .datasets import (
     DatasetInfo,
     ImageSet,
     LTData,
+    channel_stats,
     class_groups,
+    data_from_record,
     holdout_validation,
+    load_imagefolder,
     list_datasets,
     load_lt_data,
 )
 from .longtail import longtail_counts, longtail_indices
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "ImageSet", "LTData", "class_groups", "list_datasets",
+    "DATASETS", "DatasetInfo", "ImageSet", "LTData", "channel_stats", "class_groups", "data_from_record",
+    "load_imagefolder", "list_datasets",
     "holdout_validation", "load_lt_data", "longtail_counts", "longtail_indices",
 ]

@@ -33,8 +33,8 @@ class DatasetInfo:
     std: tuple[float, ...]
     loader: Callable[[str | None, str, bool], RawSplit]
     needs_root: bool = True
-    # head / medium / tail groups: either fixed class-index ranges or count thresholds
-    groups: str = "thirds"  # "cifar10" (0-2/3-6/7-9) or "counts" (>100 / 20-100 / <20)
+    # head / medium / tail groups: fixed class-index ranges, count thresholds, or thirds by count
+    groups: str = "thirds"  # "cifar10" (0-2/3-6/7-9), "counts" (>100 / 20-100 / <20) or "by-count"
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
@@ -105,6 +105,11 @@ DATASETS.add(
 )
 
 
+# A user's own folder (``data/imagefolder.py``): classes, size and normalisation come from
+# the data itself, so this entry only names it; :func:`load_lt_data` builds the real info.
+DATASETS.add("imagefolder", DatasetInfo("imagefolder", 0, 0, 0, 0, (), (), None, groups="by-count"))
+
+
 def list_datasets() -> list[str]:
     return DATASETS.names()
 
@@ -147,6 +152,48 @@ class LTData:
         std = torch.tensor(self.info.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
+    @classmethod
+    def from_tensors(cls, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     class_names: list[str] | None = None, mean: tuple[float, ...] | list[float] | None = None,
+                     std: tuple[float, ...] | list[float] | None = None, name: str = "tensors") -> LTData:
+        """A split from tensors in memory, no file on disk: images ``N x C x H x W`` (square),
+        uint8 or float in [0, 1]; integer labels ``0..K-1``. The training classes keep their
+        own counts; mean/std default to the training images' per-channel statistics."""
+        def as_uint8(x: torch.Tensor, what: str) -> torch.Tensor:
+            x = torch.as_tensor(x)
+            if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+                raise DataError(f"{what} must be N x C x H x W with H == W, got {tuple(x.shape)}")
+            if x.dtype == torch.uint8:
+                return x.contiguous()
+            if not x.is_floating_point():
+                raise DataError(f"{what} must be uint8 or float in [0, 1], got {x.dtype}")
+            if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+                raise DataError(f"float {what} must lie in [0, 1] (got {float(x.min()):.3g}..{float(x.max()):.3g})")
+            return (x.float() * 255).round_().to(torch.uint8).contiguous()
+
+        xtr, xte = as_uint8(train_x, "train_x"), as_uint8(test_x, "test_x")
+        ytr, yte = torch.as_tensor(train_y).long().flatten(), torch.as_tensor(test_y).long().flatten()
+        if len(ytr) != len(xtr) or len(yte) != len(xte):
+            raise DataError("each image needs one label (train_x/train_y or test_x/test_y lengths differ)")
+        if xtr.shape[1:] != xte.shape[1:]:
+            raise DataError(f"train images {tuple(xtr.shape[1:])} and test images {tuple(xte.shape[1:])} differ")
+        K = int(max(int(ytr.max()), int(yte.max()))) + 1 if len(ytr) else 0
+        names = list(class_names) if class_names is not None else [str(c) for c in range(K)]
+        if len(names) < max(K, 2) or (len(ytr) and int(ytr.min()) < 0):
+            raise DataError(f"labels must lie in 0..{len(names) - 1} and there must be at least two classes")
+        counts = torch.bincount(ytr, minlength=len(names)).tolist()
+        if min(counts) == 0:
+            raise DataError(f"class {names[counts.index(0)]!r} has no training images")
+        stats = channel_stats(xtr)
+        mean_t = tuple(float(v) for v in mean) if mean is not None else stats[0]
+        std_t = tuple(float(v) for v in std) if std is not None else stats[1]
+        if len(mean_t) != xtr.shape[1] or len(std_t) != xtr.shape[1]:
+            raise DataError(f"mean and std need one value per channel ({xtr.shape[1]})")
+        info = DatasetInfo(name, len(names), max(counts), int(xtr.shape[-1]), int(xtr.shape[1]), mean_t, std_t,
+                           None, needs_root=False, groups="by-count")
+        return cls(info, ImageSet(xtr, ytr), ImageSet(xte, yte), names, max(counts) / min(counts), 0, counts,
+                   {"source": "tensors"})
+
     def split_record(self) -> dict:
         """Plain-value description that identifies the split (stored with every output)."""
         return {
@@ -158,6 +205,8 @@ class LTData:
             "image_size": self.info.image_size,
             "channels": self.info.channels,
             **{k: v for k, v in self.meta.items() if isinstance(v, (str, int, float))},
+            **({k: self.meta.get(k) for k in ("imposed_imbalance", "resized_to", "n_per_class")}
+               if self.info.name == "imagefolder" else {}),
         }
 
     def groups(self) -> dict[str, list[int]]:
@@ -179,6 +228,10 @@ def class_groups(info: DatasetInfo, counts: list[int]) -> dict[str, list[int]]:
             "medium": [c for c in range(C) if 20 <= counts[c] <= 100],
             "tail": [c for c in range(C) if counts[c] < 20],
         }
+    if info.groups == "by-count":  # thirds of the classes ordered by training count (ties: class order)
+        order = sorted(range(C), key=lambda c: (-counts[c], c))
+        a, b = round(C / 3), round(2 * C / 3)
+        return {"head": sorted(order[:a]), "medium": sorted(order[a:b]), "tail": sorted(order[b:])}
     a, b = round(C * 0.3), round(C * 0.7)
     return {"head": list(range(a)), "medium": list(range(a, b)), "tail": list(range(b, C))}
 
@@ -191,19 +244,31 @@ def _to_tensor(raw: RawSplit) -> ImageSet:
 def load_lt_data(
     dataset: str,
     data_root: str | Path | None = None,
-    imbalance: float = 100,
+    imbalance: float | None = None,
     split_seed: int = 42,
     download: bool = False,
+    image_size: int | None = None,
+    n_per_class: int | None = None,
+    show_progress: bool = False,
 ) -> LTData:
     """Load a dataset and apply the long-tailed split to its training set.
 
     Args:
-        dataset: a registered dataset name (``cifar10``, ``cifar100``, ``digits``).
+        dataset: a registered dataset name (``cifar10``, ``cifar100``, ``digits``, ``imagefolder``).
         data_root: folder holding the data in any supported form.
-        imbalance: imbalance factor IF = n_max / n_min (1 = balanced).
+        imbalance: imbalance factor IF = n_max / n_min (1 = balanced). None: 100 for the
+            built-in datasets; for ``imagefolder`` the classes keep their own counts.
         split_seed: seed of the per-class ``RandomState`` (42 as in LAD).
         download: fetch CIFAR through torchvision first.
+        image_size: ``imagefolder`` only: resize every image to this square side.
+        n_per_class: ``imagefolder`` with ``imbalance``: the head count N of the rule
+            (default: the largest class).
     """
+    if dataset == "imagefolder":
+        return load_imagefolder(data_root, imbalance, split_seed, image_size, n_per_class, show_progress)
+    if image_size is not None or n_per_class is not None:
+        raise DataError(f"image_size and n_per_class are options of dataset imagefolder, not {dataset}")
+    imbalance = 100.0 if imbalance is None else imbalance
     info = DATASETS.get(dataset)
     root = str(data_root) if data_root is not None else None
     raw_train = info.loader(root, "train", download)
@@ -230,6 +295,98 @@ def load_lt_data(
         class_counts=counts,
         meta={"class_order": raw_train.class_order, "source": raw_train.source},
     )
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (population) of uint8 ``N x C x H x W`` images scaled to [0, 1]."""
+    c = images.shape[1]
+    s1 = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    n = 0
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].to(torch.float64).div_(255.0).transpose(0, 1).reshape(c, -1)
+        s1 += x.sum(1)
+        s2 += (x * x).sum(1)
+        n += x.shape[1]
+    mean = s1 / n
+    std = (s2 / n - mean * mean).clamp(min=1e-12).sqrt()
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def load_imagefolder(data_root: str | Path | None, imbalance: float | None = None, split_seed: int = 42,
+                     image_size: int | None = None, n_per_class: int | None = None,
+                     show_progress: bool = False) -> LTData:
+    """A user's image folder (see :mod:`ltdistill.data.imagefolder`) as :class:`LTData`.
+
+    Without ``imbalance`` the training classes keep their own counts (the data as it
+    is); with it SPEC §1's rule is imposed on top, N being ``n_per_class`` or the
+    largest class. Mean and std come from the training split used.
+    """
+    from .imagefolder import load_split
+
+    if data_root is None:
+        raise DataError("dataset imagefolder needs --data-root DIR (with train/ and test/ or val/ inside)")
+    if image_size is not None and image_size < 4:
+        raise DataError(f"image size must be at least 4 px, got {image_size}")
+    tr = load_split(data_root, "train", image_size, show_progress)
+    te = load_split(data_root, "test", image_size, show_progress)
+    C = len(tr.class_names)
+    if C < 2:
+        raise DataError(f"{tr.source} has {C} class: distillation needs at least two classes")
+    unknown = sorted(set(te.class_names) - set(tr.class_names))
+    if unknown:
+        raise DataError(f"test class(es) {unknown} in {te.source} are not training classes")
+    if set(te.class_names) != set(tr.class_names):
+        missing = [c for c in tr.class_names if c not in te.class_names]
+        raise DataError(f"the test split has no folder for training class(es) {missing}")
+    remap = np.asarray([tr.class_names.index(c) for c in te.class_names], dtype=np.int64)
+    te_labels = remap[te.labels]
+    if te.images.shape[1:3] != tr.images.shape[1:3]:
+        raise DataError(f"test images are {te.images.shape[1]}x{te.images.shape[2]} but training images "
+                        f"{tr.images.shape[1]}x{tr.images.shape[2]}: pass --image-size N")
+    te_images = te.images
+    if te_images.shape[3] != tr.images.shape[3]:  # one split in colour, the other grey: RGB for both
+        if tr.images.shape[3] == 1:
+            raise DataError("the training images are greyscale but test images are in colour")
+        te_images = np.repeat(te_images, 3, axis=3)
+    natural = np.bincount(tr.labels, minlength=C)
+    train = _to_tensor(RawSplit(tr.images, tr.labels, tr.class_names, tr.class_order, tr.source))
+    if imbalance is not None:
+        n = int(n_per_class or natural.max())
+        idx = longtail_indices(tr.labels, C, imbalance, n, split_seed, tr.class_names)
+        train = ImageSet(train.images[idx].contiguous(), train.labels[idx].contiguous())
+        counts = longtail_counts(n, C, imbalance)
+    else:
+        if n_per_class is not None:
+            raise DataError("n_per_class sets N of an imposed split: give --imbalance too")
+        counts = [int(v) for v in natural]
+    mean, std = channel_stats(train.images)
+    size = int(train.images.shape[-1])
+    info = DatasetInfo("imagefolder", C, int(max(counts)), size, int(train.images.shape[1]), mean, std, None,
+                       groups="by-count")
+    effective = max(counts) / max(1, min(counts))
+    meta = {"class_order": tr.class_order, "source": tr.source, "imposed_imbalance": imbalance,
+            "resized_to": image_size, "n_per_class": n_per_class, "greyscale_converted": tr.greyscale_converted,
+            "test_source": te.source}
+    return LTData(info=info, train=train, test=_to_tensor(RawSplit(te_images, te_labels, tr.class_names, "", "")),
+                  class_names=list(tr.class_names), imbalance=float(effective), split_seed=int(split_seed),
+                  class_counts=counts, meta=meta)
+
+
+def data_from_record(record: dict, data_root: str | Path | None, show_progress: bool = False) -> LTData:
+    """Rebuild the split a set or result was made from (its ``dataset`` record), and
+    check that the class counts agree."""
+    name = record["name"]
+    if name == "tensors":
+        raise DataError("this set was distilled from tensors in Python: evaluate it with ltdistill.evaluate_set")
+    if name == "imagefolder":
+        data = load_imagefolder(data_root, record.get("imposed_imbalance"), record["split_seed"],
+                                record.get("resized_to"), record.get("n_per_class"), show_progress)
+    else:
+        data = load_lt_data(name, data_root, record["imbalance"], record["split_seed"])
+    if data.class_counts != list(record["class_counts"]):
+        raise DataError("the set's recorded class counts differ from the split rebuilt now (other data?)")
+    return data
 
 
 def holdout_validation(data: LTData, fraction: float = 0.2, seed: int = 0) -> LTData:

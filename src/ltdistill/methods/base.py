@@ -28,9 +28,13 @@ class DataConfig:
 
     dataset: str = "cifar10"
     data_root: str | None = None
-    imbalance: float = 100.0
+    # None: the dataset's default (100 for cifar10/cifar100/digits; the classes' own counts
+    # for imagefolder); a number imposes SPEC §1's rule with that factor.
+    imbalance: float | None = None
     split_seed: int = 42
     download: bool = False
+    image_size: int | None = None  # imagefolder: resize every image to this square side
+    n_per_class: int | None = None  # imagefolder with imbalance: N of the rule (default: the largest class)
 
 
 @dataclass
@@ -175,7 +179,8 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         raise ConfigError(f"options for {cfg.method!r} must be {cls.Config.__name__}")
     if data is None:
         d = cfg.data
-        data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download)
+        data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download, d.image_size,
+                            d.n_per_class, show_progress)
     ctx = RunContext(cfg.ipc, cfg.seed, resolve_device(cfg.device), cfg.fill, cfg.options,
                      show_progress, run_prefix, tracker, image_every)
     t0 = time.perf_counter()
