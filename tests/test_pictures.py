@@ -181,3 +181,13 @@ def test_missing_extra_is_one_line(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "evaluate", str(tmp_path / "s.pt"), "--wandb", "p")
     assert code == 2 and "--wandb needs the wandb extra: pip install 'ltdistill[wandb]'" in err
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_resumed_run_has_one_continuous_loss_curve(tmp_path, capsys):
+    base = ["distill", *DIGITS, "--method", "dm", "-s", "batch_real=8", "-s", "log_every=2", "-s", "checkpoint_every=2",
+            "--out", str(tmp_path / "s.pt"), "--quiet"]
+    assert run(capsys, *base, "-s", "iterations=4", "--keep-checkpoint")[0] == 0
+    assert run(capsys, *base, "-s", "iterations=8", "--resume")[0] == 0
+    log = [json.loads(x) for x in (tmp_path / "s.loss.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [2, 4, 6, 8]
+    assert Image.open(tmp_path / "s.loss.png").size == (600, 340)

@@ -43,6 +43,7 @@ def kernel_mmd2(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.0, kernel: st
 def sample_frequencies(
     num: int, dim: int, sigma: float = 1.0, kernel: str = "rbf",
     generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     r"""Draw ``num`` frequencies from the kernel's normalised spectral measure (Bochner).
 
@@ -51,9 +52,9 @@ def sample_frequencies(
     drawn as :math:`\tan(\pi(u - 1/2)) / \sigma`, :math:`u \sim U(0, 1)`.
     """
     if kernel == "rbf":
-        return torch.randn(num, dim, generator=generator, dtype=dtype) / sigma
+        return torch.randn(num, dim, generator=generator, dtype=dtype, device=device) / sigma
     if kernel == "laplace":
-        u = torch.rand(num, dim, generator=generator, dtype=torch.float64)
+        u = torch.rand(num, dim, generator=generator, dtype=torch.float64, device=device)
         return (torch.tan(math.pi * (u - 0.5)) / sigma).to(dtype)
     raise ConfigError(f"unknown kernel {kernel!r}; choose rbf or laplace")
 

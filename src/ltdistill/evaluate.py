@@ -22,7 +22,7 @@ from .compiling import maybe_compile, should_compile
 from .data import LTData
 from .errors import ConfigError, TrainingError
 from .nets import has_batchnorm, init_net
-from .utils import derive_seed, make_generator, resolve_device
+from .utils import configure_threads, derive_seed, make_generator, resolve_device
 
 
 @dataclass
@@ -57,6 +57,7 @@ class EvalConfig:
     compile: str = "auto"
     # bfloat16 autocast for the training and test forwards (weights and optimiser stay fp32).
     bf16: bool = False
+    threads: int = 0  # CPU threads; 0: all cores on CPU, 2 when training on a GPU
 
 
 @dataclass
@@ -302,6 +303,7 @@ def evaluate_tensors(
     from .progress import progress_bar
 
     device = resolve_device(cfg.device)
+    configure_threads(device, cfg.threads)
     track = "soft" if y.ndim == 2 else "hard"
     seeds = [derive_seed(cfg.seed, "run", r) for r in range(cfg.runs)]
     groups = [seeds] if cfg.batched_runs else [[s] for s in seeds]

@@ -57,3 +57,12 @@ def interpolate(init: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
         a = init[k].to(t.device)
         out[k] = lam * a + (1 - lam) * t if t.is_floating_point() else t.clone()
     return out
+
+
+@torch.no_grad()
+def interpolate_(net: torch.nn.Module, trained: dict[str, torch.Tensor], lam: float) -> torch.nn.Module:
+    """In place: ``net``'s state (a fresh init) becomes :func:`interpolate` of it with ``trained``."""
+    for k, t in net.state_dict().items():
+        src = trained[k]
+        t.copy_(lam * t + (1 - lam) * src if t.is_floating_point() else src)
+    return net

@@ -7,6 +7,7 @@ as in the DM code; ``*_bn`` names use batch norm.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -63,11 +64,47 @@ def create_net(
 
 
 def init_net(name: str, channels: int, num_classes: int, image_size: int, seed: int, **kwargs) -> nn.Module:
-    """Build a net whose initial weights come only from ``seed`` (global RNG untouched)."""
-    devices = []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    """Build a net whose initial weights come only from ``seed`` (global RNG untouched).
+
+    Only the CPU generator is seeded (and restored): a net is built on the CPU, and
+    ``torch.manual_seed`` would also re-seed every CUDA generator behind the caller's back.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         return create_net(name, channels, num_classes, image_size, **kwargs)
+
+
+class Reinit:
+    """Re-initialise a net in place, as :func:`init_net` with another seed would build it,
+    without constructing a module or running a dummy forward.
+
+    The draws happen on a contiguous CPU template (each module's ``reset_parameters`` in
+    module order, which is construction order), so the parameters are bit-identical to
+    ``init_net(..., seed)``'s on every device and whatever the net's memory format; they
+    reach the net as one copy per tensor (asynchronous on CUDA). Buffers such as batch
+    norm's running statistics are reset to their defaults (``init_net``'s dummy forward
+    leaves them slightly moved; a net in training mode never reads them).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.template = copy.deepcopy(net).cpu()
+        self.resettable = [m for m in self.template.modules() if hasattr(m, "reset_parameters")]
+        bare = [type(m).__name__ for m in self.template.modules()
+                if not hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
+        if bare:
+            raise ConfigError(f"cannot re-initialise {', '.join(bare)} in place: no reset_parameters()")
+        self.source = self.template.state_dict()
+
+    def __call__(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.default_generator.manual_seed(seed)
+            for m in self.resettable:
+                m.reset_parameters()
+            dst = self.net.state_dict()
+            for k, src in self.source.items():
+                dst[k].copy_(src, non_blocking=True)
+        return self.net
 
 
 def has_batchnorm(net: nn.Module) -> bool:

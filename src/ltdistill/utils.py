@@ -28,6 +28,14 @@ def make_generator(seed: int, *keys: Any) -> torch.Generator:
     return g
 
 
+def device_generator(device: torch.device | str, seed: int, *keys: Any) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``derive_seed(seed, *keys)``: draws
+    made where they are used (same seed, same device: same numbers)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, *keys))
+    return g
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; anything else is taken literally."""
     if device is None or str(device) == "auto":
@@ -78,6 +86,27 @@ def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
         raise OutputError(f"{what} {path} exists and is not a folder")
     check_writable(path / ".ltdistill-probe", what)
     return path
+
+
+GPU_CPU_THREADS = 2  # CPU threads of a process that computes on a GPU (its CPU work is small and serial)
+
+
+def configure_threads(device: torch.device, threads: int = 0) -> int:
+    """Set this process's CPU (intra-op) thread count and return it.
+
+    ``threads`` > 0 is taken as is. 0 (auto) leaves a CPU run alone (all cores) and gives
+    a GPU run :data:`GPU_CPU_THREADS`: the default, one OpenMP thread per core, keeps
+    several cores spinning for nothing and makes runs that share a GPU collapse.
+    """
+    if threads < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"threads must be >= 0 (0: automatic), got {threads}")
+    if threads == 0 and device.type != "cpu":
+        threads = min(GPU_CPU_THREADS, os.cpu_count() or 1)
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

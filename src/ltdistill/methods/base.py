@@ -19,7 +19,7 @@ from ..config import deep_merge, flatten, has_key, set_key, to_dict, valid_keys
 from ..data import LTData, load_lt_data
 from ..errors import ConfigError, DataError
 from ..registry import Registry
-from ..utils import provenance, resolve_device
+from ..utils import configure_threads, provenance, resolve_device
 
 
 @dataclass
@@ -52,6 +52,7 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     fill: str = "repeat"  # tail classes with fewer images than IPC: repeat cyclically, or error
+    threads: int = 0  # CPU threads; 0: all cores on CPU, 2 when computing on a GPU (utils.configure_threads)
     options: Any = field(default_factory=NoOptions)
 
 
@@ -181,7 +182,9 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         d = cfg.data
         data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download, d.image_size,
                             d.n_per_class, show_progress)
-    ctx = RunContext(cfg.ipc, cfg.seed, resolve_device(cfg.device), cfg.fill, cfg.options,
+    device = resolve_device(cfg.device)
+    configure_threads(device, cfg.threads)
+    ctx = RunContext(cfg.ipc, cfg.seed, device, cfg.fill, cfg.options,
                      show_progress, run_prefix, tracker, image_every)
     t0 = time.perf_counter()
     images, labels, extra = cls().run(data, ctx)

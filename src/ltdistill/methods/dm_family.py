@@ -18,6 +18,7 @@ from ..discrepancy import (
     sdd,
 )
 from ..errors import ConfigError
+from ..utils import device_generator
 from .base import register_method
 from .matching import MatchConfig, Matcher, MatchingMethod
 
@@ -82,8 +83,13 @@ class _Spectral(Matcher):
     """Draws M fresh frequencies from the kernel's spectral measure every iteration."""
 
     def begin(self, it, g):
-        self.w = sample_frequencies(self.cfg.num_freqs, self.dim, self.cfg.sigma, self.cfg.kernel, g).to(
-            self.ctx.device)
+        dev = self.ctx.device
+        if dev.type == "cpu":  # the iteration's CPU generator, as always (same sets as before)
+            self.w = sample_frequencies(self.cfg.num_freqs, self.dim, self.cfg.sigma, self.cfg.kernel, g)
+        else:  # drawn where they are used, from a generator on that device: no host work, no copy
+            gd = device_generator(dev, self.ctx.seed, "freqs", it)
+            self.w = sample_frequencies(self.cfg.num_freqs, self.dim, self.cfg.sigma, self.cfg.kernel, gd,
+                                        device=dev)
 
 
 class _SDD(_Spectral):

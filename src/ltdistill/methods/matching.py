@@ -13,6 +13,7 @@ reproduces an uninterrupted one exactly (on CPU).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -26,9 +27,9 @@ from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..compiling import maybe_compile, should_compile
 from ..data import LTData
 from ..errors import ConfigError, TrainingError
-from ..extractors import interpolate, train_pool
+from ..extractors import interpolate_, train_pool
 from ..multiformation import decode, encode
-from ..nets import has_batchnorm, init_net
+from ..nets import Reinit, has_batchnorm, init_net
 from ..progress import progress_bar
 from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_generator
 from .base import Method, RunContext, fill_indices
@@ -77,6 +78,11 @@ class MatchConfig:
     channels_last: bool = True
     bf16: bool = False  # bfloat16 autocast for the trunk forwards, either path (changes numerics slightly)
     compile: str = "auto"  # torch.compile the trunk: auto (long runs), on or off; eager fallback
+    # When NaN/inf is looked for and the loss read back to the host: "step" (every iteration,
+    # stops before the bad step), "log" (at log and checkpoint points only, so an iteration
+    # never waits for the device; a bad iteration is found there, named, and the images rolled
+    # back to the last good check), "auto" (step on CPU, where it is free; log on GPUs).
+    sync: str = "auto"
 
 
 class Matcher:
@@ -152,6 +158,8 @@ def _validate(cfg: MatchConfig) -> None:
         raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.pixel_space!r}")
     if cfg.calib_weight > 0 and cfg.extractor != "pool":
         raise ConfigError("calib_weight > 0 needs extractor=pool (a trained network to calibrate with)")
+    if cfg.sync not in ("auto", "step", "log"):
+        raise ConfigError(f"sync must be auto, step or log, got {cfg.sync!r}")
     if cfg.extractor == "pool" and (cfg.pool_size < 1 or cfg.pool_epochs < 1):
         raise ConfigError("pool_size and pool_epochs must be at least 1")
 
@@ -201,8 +209,15 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         x = decode(x, cfg.factor)
         return _normalize(x, data) if cfg.pixel_space == "unit" else x
 
+    deferred = cfg.sync == "log" or (cfg.sync == "auto" and dev.type != "cpu")
+    finite = None  # deferred mode: a device flag, false once this iteration saw NaN/inf
+
     def step() -> None:
-        if syn.grad is not None and not torch.isfinite(syn.grad).all():
+        nonlocal finite
+        if deferred:
+            if syn.grad is not None:
+                finite = finite & torch.isfinite(syn.grad).all()
+        elif syn.grad is not None and not torch.isfinite(syn.grad).all():
             raise TrainingError(f"gradient is NaN/inf at iteration {it}; last good checkpoint {ckpt} kept")
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -215,7 +230,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix else None
     identity = {"dataset": data.split_record(), "ipc": ipc, "seed": ctx.seed,
                 "options": {k: v for k, v in vars(cfg).items() if k not in ("iterations", "resume",
-                                                                             "checkpoint_every", "log_every")}}
+                                                                             "checkpoint_every", "log_every", "sync")}}
     start, history = 0, []
     if cfg.resume and ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -240,6 +255,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     # compiled embed is compiled once (its weights are graph inputs, not constants).
     trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(dev)
     trunk.requires_grad_(False)
+    reinit = Reinit(trunk)
     work = cfg.iterations * data.num_classes * (cfg.batch_real + ipc * cfg.factor**2) * info.image_size**2
     embed = maybe_compile(trunk.embed, should_compile(cfg.compile, work), f"{cfg.net}.embed")
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -253,7 +269,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         if cfg.calib_weight > 0:
             target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
             loss = loss + cfg.calib_weight * F.cross_entropy(trained(xs), target)
-        if not torch.isfinite(loss):
+        if not deferred and not torch.isfinite(loss):
             raise TrainingError(
                 f"loss is {loss.item()} at iteration {it} (class {data.class_names[c]!r}); "
                 f"stopped before the step; the last good checkpoint ({ckpt}) is kept"
@@ -277,24 +293,34 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         losses = [class_loss(c, frs[c], fss[c], xs_list[c]) for c in range(len(draws))]
         total = torch.stack(losses).sum()
         total.backward()
-        return float(total.detach())
+        return total.detach() if deferred else float(total.detach())
 
+    def snapshot(iteration: int) -> tuple:
+        return iteration, syn.detach().clone(), copy.deepcopy(opt.state_dict())
+
+    def restore(snap: tuple) -> None:
+        with torch.no_grad():
+            syn.copy_(snap[1])
+        opt.load_state_dict(snap[2])
+
+    bad_at = torch.full((), -1, dtype=torch.long, device=dev) if deferred else None
+    good = snapshot(start) if deferred else None
     t0 = time.perf_counter()
     with progress_bar(total=cfg.iterations, desc=f"distill {ctx.options.__class__.__name__}",
                       enabled=ctx.show_progress) as bar:
         bar.update(start)
         for it in range(start, cfg.iterations):
             g = make_generator(ctx.seed, "iter", it)
-            fresh = init_net(cfg.net, info.channels, data.num_classes, info.image_size,
-                             derive_seed(ctx.seed, "trunk", it)).to(dev).state_dict()
+            reinit(derive_seed(ctx.seed, "trunk", it))  # in place: no module built, no dummy forward
             if pool:
                 k = int(torch.randint(len(pool), (1,), generator=g))
                 lam = float(torch.rand(1, generator=g))
-                fresh = interpolate(fresh, pool[k], lam)
+                interpolate_(trunk, pool[k], lam)
                 trained.load_state_dict(pool[k])
-            trunk.load_state_dict(fresh)
             matcher.begin(it, g)
             opt.zero_grad(set_to_none=True)
+            if deferred:
+                finite = torch.ones((), dtype=torch.bool, device=dev)
             # Draw every class's real batch and DSA parameters first, in a fixed order,
             # so both paths below consume the generator identically.
             draws = []
@@ -305,7 +331,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             if fast:
                 total = _fast_step(draws)
             else:
-                total = 0.0
+                total = torch.zeros((), device=dev) if deferred else 0.0
                 for c, (pick, p) in enumerate(draws):
                     xr = apply_dsa(data.normalize(data.train.images[pick], dev), p)
                     xs = apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p)
@@ -315,15 +341,31 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                         fs = embed(xs)
                     loss = class_loss(c, fr, fs, xs)
                     loss.backward()  # per class: the graph of one class at a time
-                    total += loss.item()
+                    total = total + loss.detach() if deferred else total + loss.item()
                     if cfg.per_class_steps:
                         step()
             matcher.after_backward()
             if not cfg.per_class_steps:
                 step()
+            last = it + 1 == cfg.iterations
+            logs = (it + 1) % cfg.log_every == 0 or last
+            if deferred:
+                finite = finite & torch.isfinite(total)
+                bad_at = torch.where((bad_at < 0) & ~finite, torch.full_like(bad_at, it), bad_at)
+                if logs or last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0):
+                    first_bad = int(bad_at)  # the one host synchronisation, at check points only
+                    if first_bad >= 0:
+                        restore(good)
+                        raise TrainingError(
+                            f"loss or gradient is NaN/inf at iteration {first_bad} (found at the check after "
+                            f"iteration {it + 1}); the images were rolled back to iteration {good[0]}, nothing "
+                            f"later is saved, and the last good checkpoint ({ckpt}) is kept")
+                    good = snapshot(it + 1)
+                    total = float(total)
             bar.update(1)
-            bar.set_postfix(loss=f"{total:.4g}")
-            if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
+            if not isinstance(total, torch.Tensor):
+                bar.set_postfix(loss=f"{total:.4g}")
+            if logs:
                 rec = {"iteration": it + 1, "loss": total, "seconds": round(time.perf_counter() - t0, 3)}
                 history.append(rec)
                 if log_path is not None:

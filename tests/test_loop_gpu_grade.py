@@ -1,0 +1,93 @@
+"""The GPU-grade parts of the loop, checked on CPU: the in-place trunk re-initialisation
+equals a freshly built net, the deferred-synchronisation mode gives the same set and
+still catches NaN (naming the iteration and rolling back), threads and generators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ltdistill as ld
+from ltdistill.errors import ConfigError, TrainingError
+from ltdistill.methods import dm_family
+from ltdistill.nets import Reinit, init_net
+from ltdistill.utils import configure_threads, device_generator
+
+from .test_matching import cfg_for
+
+
+@pytest.mark.parametrize("name", ["convnet", "convnet_bn", "resnet18", "vgg11", "alexnet"])
+def test_in_place_reinit_equals_a_fresh_net(name):
+    net = init_net(name, 3, 10, 32, 0).to(memory_format=torch.channels_last)
+    r = Reinit(net)
+    for seed in (1, 2**40 + 7):
+        r(seed)
+        fresh = init_net(name, 3, 10, 32, seed)
+        for a, b in zip(net.parameters(), fresh.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_reinit_refuses_modules_it_cannot_reset():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(3))
+
+    with pytest.raises(ConfigError, match="no reset_parameters"):
+        Reinit(torch.nn.Sequential(torch.nn.Linear(2, 2), Odd()))
+
+
+def test_init_net_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    init_net("convnet", 3, 10, 32, 7)
+    assert torch.equal(torch.rand(3), before)
+
+
+@pytest.mark.parametrize("method", ["dm", "csdm"])
+def test_deferred_sync_gives_the_same_set(digits_lt, method):
+    a = ld.distill(cfg_for(method, "iterations=6", "sync=step"), digits_lt)
+    b = ld.distill(cfg_for(method, "iterations=6", "sync=log", "log_every=4"), digits_lt)
+    assert torch.equal(a.images, b.images)
+
+
+def test_deferred_sync_finds_nan_names_it_and_rolls_back(tmp_path, digits_lt, monkeypatch):
+    original = dm_family._LinearMMD.class_loss
+    calls = {"n": 0}
+
+    def nan_in_iteration_3(self, c, real, syn):
+        calls["n"] += 1
+        out = original(self, c, real, syn)
+        return out * float("nan") if calls["n"] > 30 else out
+
+    monkeypatch.setattr(dm_family._LinearMMD, "class_loss", nan_in_iteration_3)
+    with pytest.raises(TrainingError, match="NaN/inf at iteration 3 \\(found at the check after iteration 4\\); "
+                                            "the images were rolled back to iteration 2"):
+        ld.distill(cfg_for("dm", "iterations=8", "checkpoint_every=2", "log_every=4", "sync=log"), digits_lt,
+                   run_prefix=str(tmp_path / "n"))
+    state = torch.load(tmp_path / "n.ckpt", weights_only=True)
+    assert state["iteration"] == 2 and torch.isfinite(state["images"]).all()
+
+
+def test_sync_option_is_validated(digits_lt):
+    with pytest.raises(ConfigError, match="sync must be"):
+        ld.distill(cfg_for("dm", "iterations=1", "sync=sometimes"), digits_lt)
+
+
+def test_threads():
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(torch.device("cpu"), 0) == before  # CPU, auto: untouched
+        assert configure_threads(torch.device("cpu"), 1) == 1
+        with pytest.raises(ConfigError):
+            configure_threads(torch.device("cpu"), -1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_device_generator_is_seeded():
+    a = torch.rand(4, generator=device_generator("cpu", 3, "freqs", 0))
+    b = torch.rand(4, generator=device_generator("cpu", 3, "freqs", 0))
+    c = torch.rand(4, generator=device_generator("cpu", 3, "freqs", 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
