@@ -21,6 +21,12 @@ Writes ``bench/results/throughput.json``: ``records`` (distillation) and
 
     python bench/throughput.py --data-root ../shared/datasets/cifar10 --methods dm,csdm,ncfm
     python bench/throughput.py --data-root ../shared/datasets/cifar10 --eval-only
+    python bench/throughput.py --data-root ../shared/datasets/cifar10 --against 0983103 --methods dm,csdm --paths compiled
+
+``--against REV`` times this checkout's code and REV's (a temporary git worktree, run with the
+same harness) in one run, alternating old and new subprocesses ``--repeats`` times and keeping
+each one's fastest: the ratio is the loop change's effect on CPU speed. It is written under
+``against`` in the JSON, leaving the other records as they were.
 """
 
 from __future__ import annotations
@@ -117,8 +123,13 @@ def one_eval(path: str, data_root: str, epochs: int) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def _sub(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def _sub(args: list[str], src: str | None = None) -> dict:
+    env = None
+    if src is not None:  # another checkout's library, same harness
+        import os
+
+        env = {**os.environ, "PYTHONPATH": src}
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"benchmark subprocess {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -138,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation protocol timing")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--one-eval", metavar="PATH", help=argparse.SUPPRESS)
+    p.add_argument("--against", metavar="REV", help="time this code against commit REV in the same run")
+    p.add_argument("--repeats", type=int, default=3, help="with --against: old/new alternations (fastest kept)")
     a = p.parse_args(argv)
     if a.one:
         print(json.dumps(one(*a.one, a.data_root, a.iters, a.warmup, a.batch_real)))
@@ -149,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                             text=True).stdout.strip()
     stamp = {"commit": commit, "date": dt.date.today().isoformat()}
     previous = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    if a.against:
+        return against(a, commit, previous)
     records = previous.get("records", [])
     if not a.eval_only:
         records = []
@@ -180,6 +195,40 @@ def main(argv: list[str] | None = None) -> int:
              "iters": a.iters, "warmup": a.warmup, "seed": 0}
     OUT.write_text(json.dumps({"protocol": previous.get("protocol", proto) if a.eval_only else proto,
                                "records": records, "eval_protocol": evals}, indent=2) + "\n")
+    print(f"wrote {OUT}")
+    return 0
+
+
+def against(a: argparse.Namespace, commit: str, previous: dict) -> int:
+    """This code vs commit ``a.against``, alternating subprocesses; fastest of ``a.repeats`` each."""
+    import tempfile
+
+    repo = HERE.parent
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=repo).returncode != 0
+    with tempfile.TemporaryDirectory(prefix="ltdistill-against-") as tmp:
+        wt = Path(tmp) / "old"
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(wt), a.against], cwd=repo, check=True)
+        try:
+            rows = []
+            for m in a.methods.split(","):
+                for path in a.paths.split(","):
+                    args = ["--data-root", a.data_root, "--iters", str(a.iters), "--warmup", str(a.warmup),
+                            "--batch-real", str(a.batch_real), "--one", m, path]
+                    old, new = [], []
+                    for _ in range(a.repeats):
+                        old.append(_sub(args, str(wt / "src"))["s_per_iter"])
+                        new.append(_sub(args, str(repo / "src"))["s_per_iter"])
+                    row = {"method": m, "path": path, "old_s_per_iter": min(old), "new_s_per_iter": min(new),
+                           "old_runs": old, "new_runs": new, "new_over_old": round(min(new) / min(old), 3)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=repo)
+    previous["against"] = {"old": a.against, "new": commit + ("+dirty" if dirty else ""),
+                           "date": dt.date.today().isoformat(), "iters": a.iters, "warmup": a.warmup,
+                           "batch_real": a.batch_real, "repeats": a.repeats, "records": rows,
+                           "note": "s/iteration, fastest of the repeats, old and new alternating in one run"}
+    OUT.write_text(json.dumps(previous, indent=2) + "\n")
     print(f"wrote {OUT}")
     return 0
 

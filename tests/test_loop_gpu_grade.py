@@ -91,3 +91,25 @@ def test_device_generator_is_seeded():
     b = torch.rand(4, generator=device_generator("cpu", 3, "freqs", 0))
     c = torch.rand(4, generator=device_generator("cpu", 3, "freqs", 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_gpu_bench_without_a_gpu_writes_nothing(tmp_path, capsys):
+    from .test_bench_tools import _bench
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would measure")
+    gpu = _bench("gpu")
+    assert gpu.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "gpu.json")]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out and not (tmp_path / "gpu.json").exists()
+
+
+def test_eval_training_is_unchanged_on_cpu(digits_lt):
+    """The per-epoch read-back is a GPU path; on CPU the trained nets and losses are as before."""
+    from ltdistill.evaluate import train_nets
+
+    x = digits_lt.normalize(digits_lt.train.images[:64])
+    y = digits_lt.train.labels[:64]
+    cfg = ld.EvalConfig(epochs=2, runs=1, device="cpu", batch_size=32)
+    seen = []
+    nets, last = train_nets(x, y, digits_lt, cfg, [1], on_epoch=lambda ep, losses, lr: seen.append((ep, lr)))
+    assert len(last) == 1 and last[0] > 0 and seen == [(1, 0.01), (2, 0.001)]

@@ -194,6 +194,9 @@ def train_nets(
     milestones = {cfg.epochs * k // 5 for k in range(1, 5)} - {0}
     n = len(x)
     last = [float("nan")] * R
+    # The loss is read back (and checked for NaN/inf) every batch on CPU, where that is free,
+    # and once per epoch on a GPU, so the device never waits for the host inside an epoch.
+    per_batch = device.type == "cpu"
     for ep in range(cfg.epochs):
         if cfg.schedule == "half" and cfg.lr_decay_at_half and ep == cfg.epochs // 2 and ep > 0:
             opt = make_opt(cfg.lr * 0.1)  # DM's protocol: decay and a fresh optimiser
@@ -204,6 +207,8 @@ def train_nets(
             net.train()
         perms = [torch.randperm(n, generator=g).to(device) for g in gens]
         tot, cnt = [0.0] * R, 0
+        tot_t = torch.zeros(R, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=device)
         for i in range(0, n, cfg.batch_size):
             xbs, ybs = [], []
             for r, g in enumerate(gens):
@@ -221,15 +226,23 @@ def train_nets(
                         else [f(xb) for f, xb in zip(compiled, xbs)])
             losses = [-(yb * F.log_softmax(out.float(), 1)).sum(1).mean() for out, yb in zip(outs, ybs)]
             total = torch.stack(losses).sum()
-            if not torch.isfinite(total):
+            if per_batch and not torch.isfinite(total):
                 raise TrainingError(f"evaluation training diverged: loss {total.item()} at epoch {ep}")
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             bsz = len(xbs[0])
-            for r, loss in enumerate(losses):
-                tot[r] += loss.item() * bsz
+            if per_batch:
+                for r, loss in enumerate(losses):
+                    tot[r] += loss.item() * bsz
+            else:
+                tot_t += torch.stack([loss.detach() for loss in losses]) * bsz
+                finite &= torch.isfinite(total)
             cnt += bsz
+        if not per_batch:
+            if not bool(finite):
+                raise TrainingError(f"evaluation training diverged: loss NaN/inf in epoch {ep}")
+            tot = tot_t.tolist()
         last = [t / max(cnt, 1) for t in tot]
         if progress is not None:
             progress.update(1)
