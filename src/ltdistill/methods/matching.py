@@ -196,6 +196,9 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     matcher = matcher_cls(cfg, data, ctx, probe.feature_dim)
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
     class_idx = [data.train.indices_of(c) for c in range(data.num_classes)]
+    # The split lives on the run's device (uint8, normalised there per batch): a real batch is
+    # gathered where it is used, never assembled on the host and copied.
+    real_images = data.train.images.to(dev)
     ipc = ctx.ipc
     pool = []
     if cfg.extractor == "pool":
@@ -280,7 +283,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         """All classes' real images through one forward pass (no autograd graph), all
         synthetic images through another; each class keeps its own siamese DSA draw.
         Per-sample (instance) norm makes this equal to the per-class forward."""
-        xr = torch.cat([apply_dsa(data.normalize(data.train.images[pick], dev), p) for pick, p in draws])
+        xr = torch.cat([apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p) for pick, p in draws])
         xs_list = [apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p) for c, (_, p) in enumerate(draws)]
         xs = torch.cat(xs_list)
         trunk.to(memory_format=mem)
@@ -333,7 +336,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             else:
                 total = torch.zeros((), device=dev) if deferred else 0.0
                 for c, (pick, p) in enumerate(draws):
-                    xr = apply_dsa(data.normalize(data.train.images[pick], dev), p)
+                    xr = apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p)
                     xs = apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p)
                     with torch.no_grad(), amp:
                         fr = embed(xr)
