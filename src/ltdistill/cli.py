@@ -455,7 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"ltdistill: warning: {message}\n"
+    """ltdistill's own warnings on one line; anything else as Python formats it."""
+    if "ltdistill" in str(filename):
+        return f"ltdistill: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = __import__("warnings").formatwarning
 
 
 def main(argv: list[str] | None = None) -> int:

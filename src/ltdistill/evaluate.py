@@ -22,7 +22,7 @@ from .compiling import maybe_compile, should_compile
 from .data import LTData
 from .errors import ConfigError, TrainingError
 from .nets import has_batchnorm, init_net
-from .utils import configure_threads, derive_seed, make_generator, resolve_device
+from .utils import configure_threads, derive_seed, make_generator, make_optimizer, resolve_device
 
 
 @dataclass
@@ -182,11 +182,7 @@ def train_nets(
 
     # One optimiser over disjoint parameters equals one optimiser per net (all updates are elementwise).
     def make_opt(lr: float) -> torch.optim.Optimizer:
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(trainable, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        raise ConfigError(f"optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+        return make_optimizer(trainable, cfg.optimizer, lr, cfg.momentum, cfg.weight_decay)
 
     if cfg.schedule not in ("half", "multistep"):
         raise ConfigError(f"schedule must be half or multistep, got {cfg.schedule!r}")

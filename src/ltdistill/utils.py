@@ -88,6 +88,18 @@ def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def make_optimizer(params: list, name: str, lr: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The one optimiser factory (synthetic images, evaluation nets): ``sgd`` or ``adamw``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    from .errors import ConfigError
+
+    raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
+
+
 GPU_CPU_THREADS = 2  # CPU threads of a process that computes on a GPU (its CPU work is small and serial)
 
 

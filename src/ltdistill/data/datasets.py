@@ -147,7 +147,10 @@ class LTData:
 
     def normalize(self, x_uint8: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
         """uint8 images -> float32 normalised with the dataset's mean/std."""
-        x = x_uint8.to(device=device, dtype=torch.float32).div_(255.0)
+        return self.normalize_float(x_uint8.to(device=device, dtype=torch.float32).div_(255.0))
+
+    def normalize_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (any float tensor, any device) -> normalised with the dataset's mean/std."""
         mean = torch.tensor(self.info.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.info.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std

@@ -4,8 +4,9 @@ Each iteration: a freshly initialised, frozen ConvNet trunk; for every class a
 real batch and one siamese DSA draw shared by that batch and the class's
 synthetic images; the method's per-class discrepancy between real and synthetic
 features; one optimiser step on the synthetic pixels. A method only supplies a
-:class:`Matcher` (its per-class loss); sampling, optimisation, logging,
-checkpoint / resume and NaN handling live here, once.
+:class:`Matcher` (its per-class loss); the extractor, the synthetic parameterisation,
+the step policy, the NaN guard and the recorder (log, tracker, checkpoint / resume) are
+named parts in :mod:`.parts`, and :func:`run_matching` is the short loop over them.
 
 All randomness of iteration ``t`` derives from ``(seed, t)``, so a resumed run
 reproduces an uninterrupted one exactly (on CPU).
@@ -13,11 +14,7 @@ reproduces an uninterrupted one exactly (on CPU).
 
 from __future__ import annotations
 
-import copy
-import json
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,13 +23,12 @@ import torch.nn.functional as F
 from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..compiling import maybe_compile, should_compile
 from ..data import LTData
-from ..errors import ConfigError, TrainingError
-from ..extractors import interpolate_, train_pool
-from ..multiformation import decode, encode
-from ..nets import Reinit, has_batchnorm, init_net
+from ..errors import ConfigError
+from ..multiformation import encode
 from ..progress import progress_bar
-from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_generator
+from ..utils import make_generator
 from .base import Method, RunContext, fill_indices
+from .parts import EXTRACTORS, Guard, Recorder, StepPolicy, Synthetic, make_image_optimizer
 
 
 @dataclass
@@ -132,7 +128,7 @@ def _init_images(data: LTData, ctx: RunContext, cfg: MatchConfig) -> tuple[torch
         x = data.train.images[torch.cat(picks)].float() / 255.0
         x = encode(x, cfg.factor)
         if cfg.pixel_space == "normalized":
-            x = _normalize(x, data)
+            x = data.normalize_float(x)
     elif cfg.init == "noise":
         g = make_generator(ctx.seed, "init-noise")
         x = torch.randn(len(labels), info.channels, info.image_size, info.image_size, generator=g)
@@ -143,126 +139,50 @@ def _init_images(data: LTData, ctx: RunContext, cfg: MatchConfig) -> tuple[torch
     return x, torch.tensor(labels, dtype=torch.long)
 
 
-def _normalize(x: torch.Tensor, data: LTData) -> torch.Tensor:
-    mean = torch.tensor(data.info.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(data.info.std, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
 def _validate(cfg: MatchConfig) -> None:
     if cfg.iterations < 0 or cfg.batch_real < 1:
         raise ConfigError("iterations must be >= 0 and batch_real >= 1")
-    if cfg.extractor not in ("random", "pool"):
-        raise ConfigError(f"extractor must be 'random' or 'pool', got {cfg.extractor!r}")
+    EXTRACTORS.get(cfg.extractor)
     if cfg.pixel_space not in ("normalized", "unit"):
         raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.pixel_space!r}")
     if cfg.calib_weight > 0 and cfg.extractor != "pool":
         raise ConfigError("calib_weight > 0 needs extractor=pool (a trained network to calibrate with)")
     if cfg.sync not in ("auto", "step", "log"):
         raise ConfigError(f"sync must be auto, step or log, got {cfg.sync!r}")
-    if cfg.extractor == "pool" and (cfg.pool_size < 1 or cfg.pool_epochs < 1):
-        raise ConfigError("pool_size and pool_epochs must be at least 1")
-
-
-def _optimizer(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr_img, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr_img, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
-
-
-def _track_images(ctx: RunContext, data: LTData, x: torch.Tensor, labels: torch.Tensor, factor: int,
-                  step: int) -> None:
-    """The current synthetic images (decoded, normalised) as a de-normalised grid."""
-    from ..artifact import grid_array
-
-    mean = torch.tensor(data.info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.info.std).view(1, -1, 1, 1)
-    x = (x.float().cpu() * std + mean).clamp(0, 1)
-    y = labels.repeat_interleave(factor**2) if factor > 1 else labels
-    ctx.tracker.image("distill/synthetic", grid_array(x, y, data.num_classes), step)
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
 def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
+    """The loop: per iteration, draw the extractor, draw every class's real batch and DSA,
+    compute the discrepancy per class (one forward per class, or all in one), step, then
+    log / check / checkpoint. All randomness of iteration ``t`` comes from ``(seed, t)``."""
     cfg: MatchConfig = ctx.options
     _validate(cfg)
-    dev = ctx.device
-    info = data.info
-    syn_init, labels = _init_images(data, ctx, cfg)
-    syn = syn_init.to(dev).requires_grad_(True)
-    opt = _optimizer([syn], cfg)
-    probe = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0)
-    matcher = matcher_cls(cfg, data, ctx, probe.feature_dim)
+    dev, info, ipc = ctx.device, data.info, ctx.ipc
+    x0, labels = _init_images(data, ctx, cfg)
+    syn = Synthetic(x0, labels, data, cfg, ipc, dev)
+    opt = make_image_optimizer([syn.x], cfg)
+    extractor = EXTRACTORS.get(cfg.extractor)(cfg, data, ctx)
+    matcher = matcher_cls(cfg, data, ctx, extractor.feature_dim)
+    rec = Recorder(ctx, cfg, data, syn, opt, matcher)
+    start = rec.resume()
+    deferred = cfg.sync == "log" or (cfg.sync == "auto" and dev.type != "cpu")
+    guard = Guard(deferred, syn, opt, dev, start, rec.ckpt, data.class_names)
+    policy = StepPolicy(cfg.per_class_steps, syn, opt, guard)
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
     class_idx = [data.train.indices_of(c) for c in range(data.num_classes)]
     # The split lives on the run's device (uint8, normalised there per batch): a real batch is
     # gathered where it is used, never assembled on the host and copied.
     real_images = data.train.images.to(dev)
-    ipc = ctx.ipc
-    pool = []
-    if cfg.extractor == "pool":
-        pool = train_pool(data, cfg.net, cfg.pool_size, cfg.pool_epochs, derive_seed(ctx.seed, "pool"),
-                          str(dev), cfg.pool_dir, ctx.show_progress)
-        pool = [{k: v.to(dev) for k, v in m.items()} for m in pool]
-    trained = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(dev).requires_grad_(False)
-
-    def to_net(x: torch.Tensor) -> torch.Tensor:
-        """Stored synthetic pixels -> decoded, normalised network input."""
-        x = decode(x, cfg.factor)
-        return _normalize(x, data) if cfg.pixel_space == "unit" else x
-
-    deferred = cfg.sync == "log" or (cfg.sync == "auto" and dev.type != "cpu")
-    finite = None  # deferred mode: a device flag, false once this iteration saw NaN/inf
-
-    def step() -> None:
-        nonlocal finite
-        if deferred:
-            if syn.grad is not None:
-                finite = finite & torch.isfinite(syn.grad).all()
-        elif syn.grad is not None and not torch.isfinite(syn.grad).all():
-            raise TrainingError(f"gradient is NaN/inf at iteration {it}; last good checkpoint {ckpt} kept")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cfg.pixel_space == "unit":
-            with torch.no_grad():
-                syn.clamp_(0, 1)
-
-    prefix = Path(ctx.run_prefix) if ctx.run_prefix else None
-    ckpt = prefix.with_name(prefix.name + ".ckpt") if prefix else None
-    log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix else None
-    identity = {"dataset": data.split_record(), "ipc": ipc, "seed": ctx.seed,
-                "options": {k: v for k, v in vars(cfg).items() if k not in ("iterations", "resume",
-                                                                             "checkpoint_every", "log_every", "sync")}}
-    start, history = 0, []
-    if cfg.resume and ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state.get("identity") != identity:
-            raise ConfigError(f"checkpoint {ckpt} belongs to a different run (data, IPC, seed or options differ)")
-        with torch.no_grad():
-            syn.copy_(state["images"].to(dev))
-        opt.load_state_dict(state["optimizer"])
-        matcher.load_state_dict(state["matcher"])
-        start, history = int(state["iteration"]), list(state["history"])
-    if log_path is not None:
-        atomic_write_bytes(log_path, "".join(json.dumps(h) + "\n" for h in history).encode())
-
-    def save_ckpt(iteration: int) -> None:
-        if ckpt is None:
-            return
-        atomic_torch_save({"iteration": iteration, "images": syn.detach().cpu(), "optimizer": opt.state_dict(),
-                           "matcher": matcher.state_dict(), "history": history, "identity": identity}, ckpt)
-
-    fast = cfg.fast and not cfg.per_class_steps and not has_batchnorm(probe)
-    # One trunk module for the whole run, re-initialised in place each iteration, so a
-    # compiled embed is compiled once (its weights are graph inputs, not constants).
-    trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(dev)
-    trunk.requires_grad_(False)
-    reinit = Reinit(trunk)
     work = cfg.iterations * data.num_classes * (cfg.batch_real + ipc * cfg.factor**2) * info.image_size**2
-    embed = maybe_compile(trunk.embed, should_compile(cfg.compile, work), f"{cfg.net}.embed")
+    embed = maybe_compile(extractor.trunk.embed, should_compile(cfg.compile, work), f"{cfg.net}.embed")
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    one_forward = cfg.fast and not cfg.per_class_steps and not extractor.batchnorm
+
+    def real_batch(pick: torch.Tensor, p) -> torch.Tensor:
+        return apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p)
 
     def class_loss(c: int, fr: torch.Tensor, fs: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         fr, fs = fr.float(), fs.float()
@@ -271,120 +191,77 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         loss = matcher.class_loss(c, fr, fs) * cfg.loss_scale
         if cfg.calib_weight > 0:
             target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
-            loss = loss + cfg.calib_weight * F.cross_entropy(trained(xs), target)
-        if not deferred and not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss is {loss.item()} at iteration {it} (class {data.class_names[c]!r}); "
-                f"stopped before the step; the last good checkpoint ({ckpt}) is kept"
-            )
+            loss = loss + cfg.calib_weight * F.cross_entropy(extractor.calibration(xs), target)
+        guard.loss(loss, c)
         return loss
 
-    def _fast_step(draws: list) -> float:
+    def per_class(draws: list) -> Any:
+        """One forward per class (the DM reference structure); the graph of one class at a time."""
+        total = torch.zeros((), device=dev) if deferred else 0.0
+        for c, (pick, p) in enumerate(draws):
+            xs = apply_dsa(syn.of_class(c), p)
+            with torch.no_grad(), amp:
+                fr = embed(real_batch(pick, p))
+            with amp:
+                fs = embed(xs)
+            loss = class_loss(c, fr, fs, xs)
+            loss.backward()
+            total = total + loss.detach() if deferred else total + loss.item()
+            policy.after_class()
+        return total
+
+    def all_at_once(draws: list) -> Any:
         """All classes' real images through one forward pass (no autograd graph), all
         synthetic images through another; each class keeps its own siamese DSA draw.
         Per-sample (instance) norm makes this equal to the per-class forward."""
-        xr = torch.cat([apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p) for pick, p in draws])
-        xs_list = [apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p) for c, (_, p) in enumerate(draws)]
-        xs = torch.cat(xs_list)
-        trunk.to(memory_format=mem)
+        xr = torch.cat([real_batch(pick, p) for pick, p in draws])
+        xs_list = [apply_dsa(syn.of_class(c), p) for c, (_, p) in enumerate(draws)]
+        extractor.trunk.to(memory_format=mem)
         with torch.no_grad(), amp:
             fr = embed(xr.contiguous(memory_format=mem))
         with amp:
-            fs = embed(xs.contiguous(memory_format=mem))
-        sizes_r = [len(pick) for pick, _ in draws]
-        frs, fss = fr.split(sizes_r), fs.split([len(x) for x in xs_list])
-        losses = [class_loss(c, frs[c], fss[c], xs_list[c]) for c in range(len(draws))]
-        total = torch.stack(losses).sum()
+            fs = embed(torch.cat(xs_list).contiguous(memory_format=mem))
+        frs, fss = fr.split([len(pick) for pick, _ in draws]), fs.split([len(x) for x in xs_list])
+        total = torch.stack([class_loss(c, frs[c], fss[c], xs_list[c]) for c in range(len(draws))]).sum()
         total.backward()
         return total.detach() if deferred else float(total.detach())
 
-    def snapshot(iteration: int) -> tuple:
-        return iteration, syn.detach().clone(), copy.deepcopy(opt.state_dict())
-
-    def restore(snap: tuple) -> None:
-        with torch.no_grad():
-            syn.copy_(snap[1])
-        opt.load_state_dict(snap[2])
-
-    bad_at = torch.full((), -1, dtype=torch.long, device=dev) if deferred else None
-    good = snapshot(start) if deferred else None
-    t0 = time.perf_counter()
+    forward = all_at_once if one_forward else per_class
     with progress_bar(total=cfg.iterations, desc=f"distill {ctx.options.__class__.__name__}",
                       enabled=ctx.show_progress) as bar:
         bar.update(start)
         for it in range(start, cfg.iterations):
             g = make_generator(ctx.seed, "iter", it)
-            reinit(derive_seed(ctx.seed, "trunk", it))  # in place: no module built, no dummy forward
-            if pool:
-                k = int(torch.randint(len(pool), (1,), generator=g))
-                lam = float(torch.rand(1, generator=g))
-                interpolate_(trunk, pool[k], lam)
-                trained.load_state_dict(pool[k])
+            extractor.draw(it, g)
             matcher.begin(it, g)
             opt.zero_grad(set_to_none=True)
-            if deferred:
-                finite = torch.ones((), dtype=torch.bool, device=dev)
-            # Draw every class's real batch and DSA parameters first, in a fixed order,
-            # so both paths below consume the generator identically.
+            guard.begin(it)
+            # Every class's real batch and DSA parameters first, in a fixed order, so both
+            # forward paths consume the generator identically.
             draws = []
             for c in range(data.num_classes):
                 idx = class_idx[c]
                 pick = idx[torch.randperm(len(idx), generator=g)[: cfg.batch_real]]
                 draws.append((pick, sample_dsa(1, info.image_size, g, dsa_cfg, siamese=True)))
-            if fast:
-                total = _fast_step(draws)
-            else:
-                total = torch.zeros((), device=dev) if deferred else 0.0
-                for c, (pick, p) in enumerate(draws):
-                    xr = apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p)
-                    xs = apply_dsa(to_net(syn[c * ipc : (c + 1) * ipc]), p)
-                    with torch.no_grad(), amp:
-                        fr = embed(xr)
-                    with amp:
-                        fs = embed(xs)
-                    loss = class_loss(c, fr, fs, xs)
-                    loss.backward()  # per class: the graph of one class at a time
-                    total = total + loss.detach() if deferred else total + loss.item()
-                    if cfg.per_class_steps:
-                        step()
+            total = forward(draws)
             matcher.after_backward()
-            if not cfg.per_class_steps:
-                step()
-            last = it + 1 == cfg.iterations
-            logs = (it + 1) % cfg.log_every == 0 or last
-            if deferred:
-                finite = finite & torch.isfinite(total)
-                bad_at = torch.where((bad_at < 0) & ~finite, torch.full_like(bad_at, it), bad_at)
-                if logs or last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0):
-                    first_bad = int(bad_at)  # the one host synchronisation, at check points only
-                    if first_bad >= 0:
-                        restore(good)
-                        raise TrainingError(
-                            f"loss or gradient is NaN/inf at iteration {first_bad} (found at the check after "
-                            f"iteration {it + 1}); the images were rolled back to iteration {good[0]}, nothing "
-                            f"later is saved, and the last good checkpoint ({ckpt}) is kept")
-                    good = snapshot(it + 1)
-                    total = float(total)
+            policy.after_iteration()
+            guard.end(total)
+            done = it + 1
+            logs = done % cfg.log_every == 0 or done == cfg.iterations
+            saves = bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0
+            if deferred and (logs or saves):
+                guard.check(done)  # the one host synchronisation, at check points only
+                total = float(total)
             bar.update(1)
             if not isinstance(total, torch.Tensor):
                 bar.set_postfix(loss=f"{total:.4g}")
             if logs:
-                rec = {"iteration": it + 1, "loss": total, "seconds": round(time.perf_counter() - t0, 3)}
-                history.append(rec)
-                if log_path is not None:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                if ctx.tracker:
-                    ctx.tracker.scalar("distill/loss", total, it + 1)
-                    ctx.tracker.scalar("distill/lr_img", opt.param_groups[0]["lr"], it + 1)
-            if ctx.tracker and ctx.image_every and (it + 1) % ctx.image_every == 0 and it + 1 < cfg.iterations:
-                _track_images(ctx, data, to_net(syn.detach()), labels, cfg.factor, it + 1)
-            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
-                save_ckpt(it + 1)
-    if ckpt is not None and cfg.iterations > start:
-        save_ckpt(cfg.iterations)
-    images = syn.detach().cpu()
-    if cfg.pixel_space == "unit":
-        images = _normalize(images, data)  # artifacts always hold normalised images
-    return images, labels, {"final_loss": history[-1]["loss"] if history else None,
-                            "iterations_run": cfg.iterations - start, "factor": cfg.factor}
+                rec.log(done, total)
+            rec.images(done)
+            if saves:
+                rec.save(done)
+    if rec.ckpt is not None and cfg.iterations > start:
+        rec.save(cfg.iterations)
+    return syn.export(), labels, {"final_loss": rec.history[-1]["loss"] if rec.history else None,
+                                  "iterations_run": cfg.iterations - start, "factor": cfg.factor}

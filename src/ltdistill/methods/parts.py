@@ -1,0 +1,271 @@
+"""The named parts the matching loop (:func:`~ltdistill.methods.matching.run_matching`) is
+made of. Each part owns one decision of the loop and the state that goes with it:
+
+- an **extractor** (registry :data:`EXTRACTORS`: ``random`` = a fresh random trunk each
+  iteration, DM's; ``pool`` = a fresh trunk interpolated with a trained pool model, NCFM's,
+  which also provides the calibration net) — ``options.extractor``;
+- the **synthetic images** (pixel space ``normalized`` or ``unit``, multi-formation factor):
+  the learnable tensor and how it becomes network input;
+- the **step policy** (``joint``: one optimiser step per iteration; ``per_class``: one per
+  class) — ``options.per_class_steps``;
+- the **discrepancy**: a method's :class:`~ltdistill.methods.matching.Matcher`, one per
+  registered method;
+- the **guard** for NaN/inf (every step, or deferred to check points with a roll-back) —
+  ``options.sync``;
+- the **recorder**: loss log, tracker, progress, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import LTData
+from ..errors import ConfigError, TrainingError
+from ..extractors import interpolate_, train_pool
+from ..multiformation import decode
+from ..nets import Reinit, has_batchnorm, init_net
+from ..registry import Registry
+from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_optimizer
+
+
+# ----------------------------------------------------------------------------- extractors
+class Extractor:
+    """The network whose features are matched; :meth:`draw` makes this iteration's."""
+
+    def __init__(self, cfg: Any, data: LTData, ctx: Any) -> None:
+        info = data.info
+        self.seed = ctx.seed
+        # One trunk module for the whole run, re-initialised in place each iteration, so a
+        # compiled embed is compiled once (its weights are graph inputs, not constants).
+        self.trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(ctx.device)
+        self.trunk.requires_grad_(False)
+        self.reinit = Reinit(self.trunk)
+        self.feature_dim = int(self.trunk.feature_dim)
+        self.batchnorm = has_batchnorm(self.trunk)
+        self.calibration: torch.nn.Module | None = None  # a trained net for the calibration term
+
+    def draw(self, it: int, g: torch.Generator) -> None:
+        self.reinit(derive_seed(self.seed, "trunk", it))  # in place: no module built, no dummy forward
+
+
+EXTRACTORS: Registry[type[Extractor]] = Registry("extractor")
+EXTRACTORS.add("random", Extractor)
+
+
+class PoolExtractor(Extractor):
+    """NCFM's: a fresh trunk mixed with one model of a trained pool, ``l ~ U(0, 1)``."""
+
+    def __init__(self, cfg: Any, data: LTData, ctx: Any) -> None:
+        super().__init__(cfg, data, ctx)
+        if cfg.pool_size < 1 or cfg.pool_epochs < 1:
+            raise ConfigError("pool_size and pool_epochs must be at least 1")
+        dev = ctx.device
+        pool = train_pool(data, cfg.net, cfg.pool_size, cfg.pool_epochs, derive_seed(ctx.seed, "pool"), str(dev),
+                          cfg.pool_dir, ctx.show_progress)
+        self.pool = [{k: v.to(dev) for k, v in m.items()} for m in pool]
+        info = data.info
+        self.calibration = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(dev)
+        self.calibration.requires_grad_(False)
+
+    def draw(self, it: int, g: torch.Generator) -> None:
+        super().draw(it, g)
+        k = int(torch.randint(len(self.pool), (1,), generator=g))
+        lam = float(torch.rand(1, generator=g))
+        interpolate_(self.trunk, self.pool[k], lam)
+        self.calibration.load_state_dict(self.pool[k])
+
+
+EXTRACTORS.add("pool", PoolExtractor)
+
+
+# ----------------------------------------------------------------------------- synthetic images
+class Synthetic:
+    """The learnable stored images and how they become network input.
+
+    ``x`` holds the stored pixels: normalised, or in [0, 1] (``unit``, clamped after each
+    step); with factor f each stored image is an f x f mosaic that :func:`decode` turns
+    into f*f training images."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor, data: LTData, cfg: Any, ipc: int,
+                 device: torch.device) -> None:
+        if cfg.pixel_space not in ("normalized", "unit"):
+            raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.pixel_space!r}")
+        self.x = x.to(device).requires_grad_(True)
+        self.labels, self.data, self.ipc, self.factor = labels, data, ipc, cfg.factor
+        self.unit = cfg.pixel_space == "unit"
+
+    def to_net(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored pixels -> decoded, normalised network input."""
+        x = decode(x, self.factor)
+        return self.data.normalize_float(x) if self.unit else x
+
+    def of_class(self, c: int) -> torch.Tensor:
+        return self.to_net(self.x[c * self.ipc : (c + 1) * self.ipc])
+
+    def project_(self) -> None:
+        if self.unit:
+            with torch.no_grad():
+                self.x.clamp_(0, 1)
+
+    def export(self) -> torch.Tensor:
+        """Normalised CPU images (artifacts always hold normalised images)."""
+        x = self.x.detach().cpu()
+        return self.data.normalize_float(x) if self.unit else x
+
+
+# ----------------------------------------------------------------------------- NaN / inf
+class Guard:
+    """Finds NaN/inf in the loss or the gradient.
+
+    ``deferred=False``: every loss and gradient is checked as it is made; the run stops
+    before the bad step. ``deferred=True``: nothing waits for the device inside an
+    iteration; a device flag records the first bad iteration, read at check points
+    (:meth:`check`), where the images are rolled back to the last good check."""
+
+    def __init__(self, deferred: bool, syn: Synthetic, opt: torch.optim.Optimizer, device: torch.device,
+                 start: int, ckpt: Path | None, class_names: list[str]) -> None:
+        self.deferred, self.syn, self.opt, self.ckpt, self.names = deferred, syn, opt, ckpt, class_names
+        self.it = start
+        if deferred:
+            self.bad_at = torch.full((), -1, dtype=torch.long, device=device)
+            self.finite = torch.ones((), dtype=torch.bool, device=device)
+            self.good = self._snapshot(start)
+
+    def begin(self, it: int) -> None:
+        self.it = it
+        if self.deferred:
+            self.finite = torch.ones((), dtype=torch.bool, device=self.bad_at.device)
+
+    def loss(self, loss: torch.Tensor, c: int) -> None:
+        if not self.deferred and not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss.item()} at iteration {self.it} (class {self.names[c]!r}); "
+                f"stopped before the step; the last good checkpoint ({self.ckpt}) is kept"
+            )
+
+    def grad(self, grad: torch.Tensor | None) -> None:
+        if grad is None:
+            return
+        if self.deferred:
+            self.finite = self.finite & torch.isfinite(grad).all()
+        elif not torch.isfinite(grad).all():
+            raise TrainingError(f"gradient is NaN/inf at iteration {self.it}; last good checkpoint {self.ckpt} kept")
+
+    def end(self, total: Any) -> None:
+        if self.deferred:
+            self.finite = self.finite & torch.isfinite(total)
+            self.bad_at = torch.where((self.bad_at < 0) & ~self.finite, torch.full_like(self.bad_at, self.it),
+                                      self.bad_at)
+
+    def check(self, done: int) -> None:
+        """At a check point (after ``done`` iterations): the one host synchronisation."""
+        if not self.deferred:
+            return
+        first_bad = int(self.bad_at)
+        if first_bad >= 0:
+            with torch.no_grad():
+                self.syn.x.copy_(self.good[1])
+            self.opt.load_state_dict(self.good[2])
+            raise TrainingError(
+                f"loss or gradient is NaN/inf at iteration {first_bad} (found at the check after iteration {done}); "
+                f"the images were rolled back to iteration {self.good[0]}, nothing later is saved, and the last "
+                f"good checkpoint ({self.ckpt}) is kept")
+        self.good = self._snapshot(done)
+
+    def _snapshot(self, iteration: int) -> tuple:
+        return iteration, self.syn.x.detach().clone(), copy.deepcopy(self.opt.state_dict())
+
+
+# ----------------------------------------------------------------------------- step policy
+class StepPolicy:
+    """When the optimiser steps: once per iteration (``joint``), or after every class."""
+
+    def __init__(self, per_class: bool, syn: Synthetic, opt: torch.optim.Optimizer, guard: Guard) -> None:
+        self.per_class, self.syn, self.opt, self.guard = per_class, syn, opt, guard
+
+    def step(self) -> None:
+        self.guard.grad(self.syn.x.grad)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.syn.project_()
+
+    def after_class(self) -> None:
+        if self.per_class:
+            self.step()
+
+    def after_iteration(self) -> None:
+        if not self.per_class:
+            self.step()
+
+
+def make_image_optimizer(params: list[torch.Tensor], cfg: Any) -> torch.optim.Optimizer:
+    return make_optimizer(params, cfg.optimizer, cfg.lr_img, cfg.momentum, cfg.weight_decay)
+
+
+# ----------------------------------------------------------------------------- recorder
+class Recorder:
+    """The run's memory: checkpoint / resume, the loss log (JSONL), the tracker."""
+
+    EXCLUDED = ("iterations", "resume", "checkpoint_every", "log_every", "sync")  # not part of a run's identity
+
+    def __init__(self, ctx: Any, cfg: Any, data: LTData, syn: Synthetic, opt: torch.optim.Optimizer,
+                 matcher: Any) -> None:
+        self.ctx, self.cfg, self.data, self.syn, self.opt, self.matcher = ctx, cfg, data, syn, opt, matcher
+        prefix = Path(ctx.run_prefix) if ctx.run_prefix else None
+        self.ckpt = prefix.with_name(prefix.name + ".ckpt") if prefix else None
+        self.log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix else None
+        self.identity = {"dataset": data.split_record(), "ipc": ctx.ipc, "seed": ctx.seed,
+                         "options": {k: v for k, v in vars(cfg).items() if k not in self.EXCLUDED}}
+        self.start, self.history = 0, []
+        self.t0 = time.perf_counter()
+
+    def resume(self) -> int:
+        """Load the checkpoint when asked and present; (re)write the loss log; the first iteration."""
+        if self.cfg.resume and self.ckpt is not None and self.ckpt.is_file():
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=True)
+            if state.get("identity") != self.identity:
+                raise ConfigError(f"checkpoint {self.ckpt} belongs to a different run (data, IPC, seed or options differ)")
+            with torch.no_grad():
+                self.syn.x.copy_(state["images"].to(self.syn.x.device))
+            self.opt.load_state_dict(state["optimizer"])
+            self.matcher.load_state_dict(state["matcher"])
+            self.start, self.history = int(state["iteration"]), list(state["history"])
+        if self.log_path is not None:
+            atomic_write_bytes(self.log_path, "".join(json.dumps(h) + "\n" for h in self.history).encode())
+        return self.start
+
+    def log(self, done: int, loss: float) -> None:
+        rec = {"iteration": done, "loss": loss, "seconds": round(time.perf_counter() - self.t0, 3)}
+        self.history.append(rec)
+        if self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self.ctx.tracker:
+            self.ctx.tracker.scalar("distill/loss", loss, done)
+            self.ctx.tracker.scalar("distill/lr_img", self.opt.param_groups[0]["lr"], done)
+
+    def images(self, done: int) -> None:
+        if not (self.ctx.tracker and self.ctx.image_every and done % self.ctx.image_every == 0
+                and done < self.cfg.iterations):
+            return
+        from ..artifact import grid_array
+
+        x = self.syn.to_net(self.syn.x.detach()).float().cpu()
+        info = self.data.info
+        x = (x * torch.tensor(info.std).view(1, -1, 1, 1) + torch.tensor(info.mean).view(1, -1, 1, 1)).clamp(0, 1)
+        f = self.syn.factor
+        y = self.syn.labels.repeat_interleave(f**2) if f > 1 else self.syn.labels
+        self.ctx.tracker.image("distill/synthetic", grid_array(x, y, self.data.num_classes), done)
+
+    def save(self, iteration: int) -> None:
+        if self.ckpt is None:
+            return
+        atomic_torch_save({"iteration": iteration, "images": self.syn.x.detach().cpu(),
+                           "optimizer": self.opt.state_dict(), "matcher": self.matcher.state_dict(),
+                           "history": self.history, "identity": self.identity}, self.ckpt)
