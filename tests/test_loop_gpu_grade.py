@@ -9,11 +9,10 @@ import torch
 
 import ltdistill as ld
 from ltdistill.errors import ConfigError, TrainingError
-from ltdistill.methods import dm_family
 from ltdistill.nets import Reinit, init_net
 from ltdistill.utils import configure_threads, device_generator
 
-from .test_matching import cfg_for
+from .test_matching import cfg_for, nan_from_iteration_3
 
 
 @pytest.mark.parametrize("name", ["convnet", "convnet_bn", "resnet18", "vgg11", "alexnet"])
@@ -53,15 +52,7 @@ def test_deferred_sync_gives_the_same_set(digits_lt, method):
 
 
 def test_deferred_sync_finds_nan_names_it_and_rolls_back(tmp_path, digits_lt, monkeypatch):
-    original = dm_family._LinearMMD.class_loss
-    calls = {"n": 0}
-
-    def nan_in_iteration_3(self, c, real, syn):
-        calls["n"] += 1
-        out = original(self, c, real, syn)
-        return out * float("nan") if calls["n"] > 30 else out
-
-    monkeypatch.setattr(dm_family._LinearMMD, "class_loss", nan_in_iteration_3)
+    nan_from_iteration_3(monkeypatch)
     with pytest.raises(TrainingError, match="NaN/inf at iteration 3 \\(found at the check after iteration 4\\); "
                                             "the images were rolled back to iteration 2"):
         ld.distill(cfg_for("dm", "iterations=8", "checkpoint_every=2", "log_every=4", "sync=log"), digits_lt,

@@ -66,7 +66,8 @@ def test_resume_refuses_another_runs_checkpoint(tmp_path, digits_lt):
         distill(cfg_for("dm", "iterations=4", "resume=true", "lr_img=5"), digits_lt, run_prefix=str(tmp_path / "r"))
 
 
-def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, digits_lt, monkeypatch):
+def nan_from_iteration_3(monkeypatch) -> None:
+    """Make dm's per-class loss NaN from iteration 3 on (10 classes: from the 31st call)."""
     original = dm_family._LinearMMD.class_loss
     calls = {"n": 0}
 
@@ -76,6 +77,10 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, digits_lt,
         return out * float("nan") if calls["n"] > 30 else out
 
     monkeypatch.setattr(dm_family._LinearMMD, "class_loss", nan_in_iteration_3)
+
+
+def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, digits_lt, monkeypatch):
+    nan_from_iteration_3(monkeypatch)
     with pytest.raises(TrainingError, match="loss is nan at iteration 3"):
         distill(cfg_for("dm", "iterations=5", "checkpoint_every=2"), digits_lt, run_prefix=str(tmp_path / "n"))
     state = torch.load(tmp_path / "n.ckpt", weights_only=True)

@@ -15,7 +15,6 @@ is an error, since silently dropping a training image changes the class counts.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..errors import DataError
 from .sources import IMAGE_EXTS, _class_map, _read_classes_file, cache_dir
+from .sources import _fingerprint as sources_fingerprint
 
 CACHE_FORMAT = 1
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -172,13 +172,7 @@ def read_split(kind: str, path: Path, classes_folder: Path, image_size: int | No
 
 
 def _fingerprint(kind: str, path: Path, image_size: int | None) -> str:
-    h = hashlib.sha256(f"imagefolder|{CACHE_FORMAT}|{kind}|{path.resolve()}|{image_size}".encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    cls = path.parent / "classes.txt"
-    for p in files + ([cls] if cls.is_file() else []):
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
+    return sources_fingerprint(kind, path, f"imagefolder|{CACHE_FORMAT}|{image_size}|")
 
 
 def load_split(root: str | Path, split: str, image_size: int | None = None, show_progress: bool = False,

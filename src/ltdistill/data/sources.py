@@ -229,8 +229,9 @@ def find_source(root: Path, split: str, num_classes: int) -> tuple[str, Path]:
     )
 
 
-def _fingerprint(kind: str, path: Path) -> str:
-    h = hashlib.sha256(f"{CACHE_FORMAT}|{kind}|{path.resolve()}".encode())
+def _fingerprint(kind: str, path: Path, prefix: str = "") -> str:
+    """A cache key from every input file's path, size and mtime (and ``classes.txt``)."""
+    h = hashlib.sha256(f"{prefix}{CACHE_FORMAT}|{kind}|{path.resolve()}".encode())
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     cls = path.parent / "classes.txt"
     for p in files + ([cls] if cls.is_file() else []):
