@@ -297,7 +297,6 @@ def get_set(imb: float, method: str, proto_name: str, data, data_root: str, seed
 
 def _get_set(path: Path, imb: float, method: str, matcher_method: str, distill_overrides: list[str],
              proto_name: str, data, data_root: str, seed: int, variant: str, pipeline: str):
-    proto = PROTOCOLS[proto_name]
     if path.is_file():
         s = ld.load_set(path)
         if "distill_seconds" in s.extra:

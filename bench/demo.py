@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
            "dataset": res.get("dataset")}
     Path(args.out).write_text(json.dumps(rec, indent=2) + "\n")
     print(table)
-    print(f"fresh clone at {commit}: {total:.0f} s in total ({', '.join(f'{x['seconds']:.0f} s' for x in parts)}); "
-          f"wrote {args.out}")
+    each = ", ".join(f"{x['seconds']:.0f} s" for x in parts)
+    print(f"fresh clone at {commit}: {total:.0f} s in total ({each}); wrote {args.out}")
     return 0
 
 

@@ -474,7 +474,7 @@ def above_random_and_dm(cell: dict) -> list[str]:
             continue
         r = cell.get(("random", pipe, "default", imb)) or cell.get(("random", pipe, "factor-2 mosaics", imb))
 
-        def verdict(o: dict | None) -> str:
+        def verdict(o: dict | None, c: dict = c) -> str:
             if not o:
                 return "–"
             gap = c["acc_mean"] - o["acc_mean"]

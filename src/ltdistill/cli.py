@@ -143,7 +143,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .artifact import load_set
     from .data import data_from_record, load_lt_data
     from .evaluate import evaluate_full, evaluate_set, format_result
-
     from .tracking import check_extras
     from .utils import check_writable
 
@@ -228,7 +227,6 @@ def _result_label(path: str, r: dict) -> str:
 def cmd_teacher(args: argparse.Namespace) -> int:
     from .data import load_lt_data
     from .teacher import save_teacher, train_teacher
-
     from .tracking import check_extras
     from .utils import check_writable
 
@@ -248,7 +246,6 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     from .artifact import load_set, save_set
     from .teacher import label_set, load_teacher
-
     from .utils import check_writable
 
     check_writable(args.out, "--out")

@@ -9,8 +9,8 @@ from .datasets import (
     class_groups,
     data_from_record,
     holdout_validation,
-    load_imagefolder,
     list_datasets,
+    load_imagefolder,
     load_lt_data,
 )
 from .longtail import longtail_counts, longtail_indices
