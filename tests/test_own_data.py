@@ -256,3 +256,14 @@ def test_png_bytes_in_a_tar_that_is_cut(tmp_path, capsys):
     (src / "test").rename(root / "test")
     err = _bad(capsys, root)
     assert "tar" in err
+
+
+def test_groups_given_explicitly(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", counts=[5, 4, 3, 2], test_per_class=1)
+    (root / "groups.json").write_text(json.dumps({"head": ["c0"], "medium": ["c1", "c2"], "tail": ["c3"]}))
+    data = ld.load_lt_data("imagefolder", root)
+    assert data.groups() == {"head": [0], "medium": [1, 2], "tail": [3]}
+    (root / "groups.json").write_text(json.dumps({"head": ["c0"], "tail": ["c9"]}))
+    assert "unknown class(es) ['c9']" in _bad(capsys, root)
+    (root / "groups.json").write_text(json.dumps({"head": ["c0"], "tail": ["c3"]}))
+    assert "exactly one group" in _bad(capsys, root)

@@ -7,6 +7,7 @@ normalised per batch; nothing here uses a DataLoader.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,11 @@ class LTData:
         }
 
     def groups(self) -> dict[str, list[int]]:
+        """Head / medium / tail class indices: given explicitly (an image folder's
+        ``groups.json``), else by the dataset's rule (SPEC §7, or thirds by count)."""
+        given = self.meta.get("group_classes")
+        if given:
+            return {g: list(cls) for g, cls in given.items()}
         return class_groups(self.info, self.class_counts)
 
 
@@ -368,12 +374,41 @@ def load_imagefolder(data_root: str | Path | None, imbalance: float | None = Non
     info = DatasetInfo("imagefolder", C, int(max(counts)), size, int(train.images.shape[1]), mean, std, None,
                        groups="by-count")
     effective = max(counts) / max(1, min(counts))
+    given = _read_groups(Path(data_root).expanduser(), tr.class_names)
     meta = {"class_order": tr.class_order, "source": tr.source, "imposed_imbalance": imbalance,
+            "group_classes": given,
             "resized_to": image_size, "n_per_class": n_per_class, "greyscale_converted": tr.greyscale_converted,
             "test_source": te.source}
     return LTData(info=info, train=train, test=_to_tensor(RawSplit(te_images, te_labels, tr.class_names, "", "")),
                   class_names=list(tr.class_names), imbalance=float(effective), split_seed=int(split_seed),
                   class_counts=counts, meta=meta)
+
+
+def _read_groups(root: Path, names: list[str]) -> dict[str, list[int]] | None:
+    """``root/groups.json``: ``{"head": [class, ...], "medium": [...], "tail": [...]}`` by class
+    name; every class in exactly one group. None when the file is absent."""
+    f = root / "groups.json"
+    if not f.is_file():
+        return None
+    try:
+        given = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(given, dict) or set(given) - {"head", "medium", "tail"}:
+        raise DataError(f"{f} must map head, medium and tail to lists of class names")
+    index = {n: i for i, n in enumerate(names)}
+    out, seen = {}, set()
+    for g in ("head", "medium", "tail"):
+        cls = given.get(g) or []
+        unknown = [c for c in cls if c not in index]
+        if unknown:
+            raise DataError(f"{f}: {g} names unknown class(es) {unknown}")
+        out[g] = sorted(index[c] for c in cls)
+        seen |= set(cls)
+    missing = [n for n in names if n not in seen]
+    if missing or sum(len(v) for v in out.values()) != len(seen):
+        raise DataError(f"{f}: every class must be in exactly one group (missing or repeated: {missing or 'repeated'})")
+    return out
 
 
 def data_from_record(record: dict, data_root: str | Path | None, show_progress: bool = False) -> LTData:
