@@ -78,9 +78,7 @@ class DistilledSet:
 
     def denormalized(self) -> torch.Tensor:
         """Images in [0, 1] (clamped)."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (self.images.float().cpu() * std + mean).clamp(0, 1)
+        return denormalize(self.images, self.mean, self.std)
 
     def to_dict(self) -> dict[str, Any]:
         from . import __version__
@@ -171,6 +169,20 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return np.repeat(a, 3, axis=3) if a.shape[3] == 1 else a
 
 
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised images (any device) -> float CPU images in [0, 1] (clamped)."""
+    mean = torch.tensor(list(mean)).view(1, -1, 1, 1)
+    std = torch.tensor(list(std)).view(1, -1, 1, 1)
+    return (x.detach().float().cpu() * std + mean).clamp(0, 1)
+
+
+def tracker_grid(x: torch.Tensor, labels: torch.Tensor, factor: int, mean, std, num_classes: int) -> np.ndarray:
+    """The grid a tracker shows: normalised training images (decoded: ``factor``² per stored
+    label) de-normalised, one row per class."""
+    y = labels.repeat_interleave(factor**2) if factor > 1 and len(labels) != len(x) else labels
+    return grid_array(denormalize(x, mean, std), y, num_classes)
+
+
 def grid_array(images01: torch.Tensor, labels: torch.Tensor, num_classes: int, max_per_row: int = 20,
                upscale: int | None = None) -> np.ndarray:
     """``H x W x 3`` uint8 grid of images in [0, 1]: one row per class (its first
@@ -220,9 +232,7 @@ def export_imagefolder(s: DistilledSet, out_dir: str | Path, raw: bool = False) 
         x, labels = s.images.float(), s.labels
     else:
         x, labels = s.training_tensors()
-    mean = torch.tensor(s.mean).view(1, -1, 1, 1)
-    std = torch.tensor(s.std).view(1, -1, 1, 1)
-    imgs = _to_uint8((x.cpu() * std + mean).clamp(0, 1))
+    imgs = _to_uint8(denormalize(x, s.mean, s.std))
     cw = max(3, len(str(s.num_classes - 1)))
     folders = [f"{c:0{cw}d}_{_safe(n)}" for c, n in enumerate(s.class_names)]
     counters = [0] * s.num_classes

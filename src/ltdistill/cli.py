@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -79,13 +80,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     out = check_writable(args.out, "--out")
     prefix = out.with_suffix("")
-    tracker = _tracker(args, to_dict(cfg), out.stem, "distill")
     t0 = time.perf_counter()
-    try:
+    with contextlib.closing(_tracker(args, to_dict(cfg), out.stem, "distill")) as tracker:
         s = distill(cfg, show_progress=not args.quiet, run_prefix=str(prefix), tracker=tracker,
                     image_every=args.log_images_every)
-    finally:
-        tracker.close()
     save_set(s, out)
     _write_json(out.with_suffix(".config.json"), to_dict(cfg))
     ckpt = prefix.with_name(prefix.name + ".ckpt")
@@ -161,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             42 if args.split_seed is None else args.split_seed, image_size=args.image_size,
                             n_per_class=args.n_per_class, show_progress=not args.quiet)
         title = f"full {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images), net {cfg.net}"
-        with _closing(_tracker(args, to_dict(cfg), "full", "evaluate")) as tracker:
+        with contextlib.closing(_tracker(args, to_dict(cfg), "full", "evaluate")) as tracker:
             res = evaluate_full(data, cfg, show_progress=not args.quiet, tracker=tracker)
         about: dict[str, Any] = {"set": None, "method": "full-dataset"}
     else:
@@ -173,7 +171,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = data_from_record(d, root, show_progress=not args.quiet)
         title = (f"{s.method} set {args.set_path}: {len(s.labels)} images, {d['name']}-LT "
                  f"IF {d['imbalance']:.4g}, net {cfg.net}, {cfg.epochs} epochs")
-        with _closing(_tracker(args, to_dict(cfg), Path(args.set_path).stem, "evaluate")) as tracker:
+        with contextlib.closing(_tracker(args, to_dict(cfg), Path(args.set_path).stem, "evaluate")) as tracker:
             res = evaluate_set(s, data, cfg, show_progress=not args.quiet, tracker=tracker)
         about = {"set": str(args.set_path), "method": s.method, "set_config": s.config}
     print(format_result(res, data.class_names, title))
@@ -189,19 +187,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_per_class([(label, record)], args.plot, title)
         print(f"wrote {args.plot}")
     return 0
-
-
-def _closing(tracker):
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        try:
-            yield tracker
-        finally:
-            tracker.close()
-
-    return ctx()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -235,7 +220,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out")
     data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed,
                         image_size=args.image_size, n_per_class=args.n_per_class, show_progress=not args.quiet)
-    with _closing(_tracker(args, to_dict(cfg), Path(args.out).stem, "teacher")) as tracker:
+    with contextlib.closing(_tracker(args, to_dict(cfg), Path(args.out).stem, "teacher")) as tracker:
         t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet, tracker=tracker)
     save_teacher(t, args.out)
     print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images, "

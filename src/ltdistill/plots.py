@@ -38,6 +38,15 @@ def _save(fig, path: str | Path, dpi: int = 100) -> Path:
     return Path(path)
 
 
+def _shade_groups(ax, groups: dict[str, list[int]], pos: dict[int, int], label_y: float, **text_kw) -> None:
+    """Shade each group's span of bar positions and name it at height ``label_y``."""
+    for g, cls in groups.items():
+        if cls:
+            lo, hi = min(pos[c] for c in cls), max(pos[c] for c in cls)
+            ax.axvspan(lo - 0.5, hi + 0.5, color=GROUP_COLOURS.get(g, "#eeeeee"), zorder=0)
+            ax.text((lo + hi) / 2, label_y, g, ha="center", fontsize=9, **text_kw)
+
+
 def read_loss_log(path: str | Path) -> list[dict]:
     """The records of a ``<out>.loss.jsonl`` (iteration, loss, seconds)."""
     rows = []
@@ -106,12 +115,7 @@ def plot_per_class(results: list[tuple[str, dict]], png_path: str | Path, title:
     plt = _pyplot()
     C, k = len(names), len(results)
     fig, ax = plt.subplots(figsize=(min(18, max(6.5, 0.55 * C * max(1, k / 2) + 2.5)), 4.2))
-    groups = first.get("group_classes") or {}
-    for g, cls in groups.items():
-        if cls:
-            lo, hi = min(pos[c] for c in cls), max(pos[c] for c in cls)
-            ax.axvspan(lo - 0.5, hi + 0.5, color=GROUP_COLOURS.get(g, "#eeeeee"), zorder=0)
-            ax.text((lo + hi) / 2, 101, g, ha="center", va="bottom", fontsize=9)
+    _shade_groups(ax, first.get("group_classes") or {}, pos, 101, va="bottom")
     width = 0.8 / k
     cmap = plt.get_cmap("tab10")
     for j, (label, r) in enumerate(results):
@@ -186,11 +190,7 @@ def plot_class_counts(names: list[str], counts: list[int], groups: dict[str, lis
     order = sorted(range(C), key=lambda c: (-counts[c], c))
     pos = {c: i for i, c in enumerate(order)}
     fig, ax = plt.subplots(figsize=(min(16, max(6, 0.35 * C + 2)), 3.8))
-    for g, cls in groups.items():
-        if cls:
-            lo, hi = min(pos[c] for c in cls), max(pos[c] for c in cls)
-            ax.axvspan(lo - 0.5, hi + 0.5, color=GROUP_COLOURS.get(g, "#eeeeee"), zorder=0)
-            ax.text((lo + hi) / 2, max(counts) * 1.6, g, ha="center", fontsize=9)
+    _shade_groups(ax, groups, pos, max(counts) * 1.6)
     ax.bar(range(C), [counts[c] for c in order], color="#4c72b0", zorder=2)
     ax.set_yscale("log")
     ax.set_ylim(max(0.5, min(counts) / 2), max(counts) * 3)

@@ -197,11 +197,9 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         extra=extra, factor=int(extra.get("factor", 1)), provenance=provenance(),
     )
     if tracker:
-        from ..artifact import grid_array
+        from ..artifact import tracker_grid
 
         x, y = out.training_tensors()
-        mean = torch.tensor(out.mean).view(1, -1, 1, 1)
-        std = torch.tensor(out.std).view(1, -1, 1, 1)
-        tracker.image("distill/synthetic", grid_array((x * std + mean).clamp(0, 1), y, out.num_classes),
+        tracker.image("distill/synthetic", tracker_grid(x, y, out.factor, out.mean, out.std, out.num_classes),
                       int(getattr(cfg.options, "iterations", 0) or 0))
     return out

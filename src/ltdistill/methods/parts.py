@@ -254,14 +254,12 @@ class Recorder:
         if not (self.ctx.tracker and self.ctx.image_every and done % self.ctx.image_every == 0
                 and done < self.cfg.iterations):
             return
-        from ..artifact import grid_array
+        from ..artifact import tracker_grid
 
-        x = self.syn.to_net(self.syn.x.detach()).float().cpu()
         info = self.data.info
-        x = (x * torch.tensor(info.std).view(1, -1, 1, 1) + torch.tensor(info.mean).view(1, -1, 1, 1)).clamp(0, 1)
-        f = self.syn.factor
-        y = self.syn.labels.repeat_interleave(f**2) if f > 1 else self.syn.labels
-        self.ctx.tracker.image("distill/synthetic", grid_array(x, y, self.data.num_classes), done)
+        x = self.syn.to_net(self.syn.x.detach())
+        self.ctx.tracker.image("distill/synthetic", tracker_grid(x, self.syn.labels, self.syn.factor, info.mean,
+                                                                 info.std, self.data.num_classes), done)
 
     def save(self, iteration: int) -> None:
         if self.ckpt is None:
