@@ -59,7 +59,10 @@ class DSAParams:
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> DSAParams:
-        return DSAParams(self.op, {k: v.to(device) for k, v in self.values.items()})
+        # ``size`` (cutout) is a shape, read on the host: it stays there, so applying a
+        # draw on a GPU never waits for the device.
+        return DSAParams(self.op, {k: v if k == "size" else v.to(device, non_blocking=True)
+                                   for k, v in self.values.items()})
 
 
 def sample_dsa(
@@ -68,15 +71,19 @@ def sample_dsa(
     generator: torch.Generator,
     cfg: DSAConfig = DSAConfig(),
     siamese: bool = False,
+    values_generator: torch.Generator | None = None,
 ) -> DSAParams:
     """Draw one DSA operation and its parameters.
 
     Args:
         n: batch size (ignored when ``siamese``: a single draw is shared).
         image_size: H (square) or (H, W).
-        generator: the only source of randomness.
+        generator: draws the operation (a host generator: which code path runs is a
+            host decision) and, unless ``values_generator`` is given, its parameters.
         cfg: ranges and the strategy string.
         siamese: one parameter set for every image (DM/DSA siamese mode).
+        values_generator: draws the parameters, on its own device (a GPU generator
+            puts them where they are used, with no copy and no wait).
     """
     ops = cfg.ops()
     if not ops:
@@ -84,9 +91,11 @@ def sample_dsa(
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     b = 1 if siamese else n
     op = ops[int(torch.randint(len(ops), (1,), generator=generator))]
+    gv = values_generator if values_generator is not None else generator
+    generator, dev = gv, gv.device
 
     def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
-        return torch.rand(b, *shape, generator=generator) * (hi - lo) + lo
+        return torch.rand(b, *shape, generator=generator, device=dev) * (hi - lo) + lo
 
     v: dict[str, torch.Tensor] = {}
     if op == "color":
@@ -96,21 +105,74 @@ def sample_dsa(
     elif op == "crop":
         sx, sy = int(h * cfg.crop_ratio + 0.5), int(w * cfg.crop_ratio + 0.5)
         v["shift"] = torch.stack(
-            [torch.randint(-sx, sx + 1, (b,), generator=generator),
-             torch.randint(-sy, sy + 1, (b,), generator=generator)], 1)
+            [torch.randint(-sx, sx + 1, (b,), generator=generator, device=dev),
+             torch.randint(-sy, sy + 1, (b,), generator=generator, device=dev)], 1)
     elif op == "cutout":
         ch, cw = int(h * cfg.cutout_ratio + 0.5), int(w * cfg.cutout_ratio + 0.5)
         v["size"] = torch.tensor([ch, cw])
         v["center"] = torch.stack(
-            [torch.randint(0, h + (1 - ch % 2), (b,), generator=generator),
-             torch.randint(0, w + (1 - cw % 2), (b,), generator=generator)], 1)
+            [torch.randint(0, h + (1 - ch % 2), (b,), generator=generator, device=dev),
+             torch.randint(0, w + (1 - cw % 2), (b,), generator=generator, device=dev)], 1)
     elif op == "flip":
-        v["flip"] = torch.rand(b, generator=generator) < cfg.flip_p
+        v["flip"] = torch.rand(b, generator=generator, device=dev) < cfg.flip_p
     elif op == "scale":
         v["scale"] = u(1 / cfg.scale, cfg.scale, 2)
     elif op == "rotate":
         v["angle"] = u(-cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180)
     return DSAParams(op, v)
+
+
+def sample_dsa_classes(
+    num_classes: int,
+    image_size: int | tuple[int, int],
+    generator: torch.Generator,
+    values_generator: torch.Generator,
+    cfg: DSAConfig = DSAConfig(),
+) -> list[DSAParams]:
+    """One siamese draw per class, all in one call: the classes' operations from the host
+    ``generator`` (one draw of ``num_classes`` integers), every parameter from one
+    ``rand(num_classes, 3)`` on ``values_generator``'s device. Each class's parameters are
+    a view of that tensor (no per-class kernel, copy or host wait). Ranges as
+    :func:`sample_dsa`; the stream differs from calling it per class.
+    """
+    ops = cfg.ops()
+    if not ops:
+        return [DSAParams("none") for _ in range(num_classes)]
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    picks = torch.randint(len(ops), (num_classes,), generator=generator).tolist()
+    gv = values_generator
+    r = torch.rand(num_classes, 3, generator=gv, device=gv.device)
+    used = {ops[k] for k in picks}
+
+    def aff(col: slice | int, lo: float, hi: float) -> torch.Tensor:
+        return r[:, col] * (hi - lo) + lo
+
+    derived: dict[str, dict[str, torch.Tensor]] = {}
+    if "color" in used:
+        derived["color"] = {"brightness": aff(0, -cfg.brightness / 2, cfg.brightness / 2),
+                            "saturation": aff(1, 0.0, cfg.saturation),
+                            "contrast": aff(2, 1 - cfg.contrast, 1 + cfg.contrast)}
+    if "crop" in used:
+        s = torch.tensor([int(h * cfg.crop_ratio + 0.5), int(w * cfg.crop_ratio + 0.5)], device=gv.device)
+        derived["crop"] = {"shift": (r[:, :2] * (2 * s + 1)).floor().long().clamp(max=2 * s) - s}
+    if "cutout" in used:
+        ch, cw = int(h * cfg.cutout_ratio + 0.5), int(w * cfg.cutout_ratio + 0.5)
+        hi = torch.tensor([h + (1 - ch % 2), w + (1 - cw % 2)], device=gv.device)
+        derived["cutout"] = {"center": (r[:, :2] * hi).floor().long().clamp(max=hi - 1)}
+    if "flip" in used:
+        derived["flip"] = {"flip": r[:, 0] < cfg.flip_p}
+    if "scale" in used:
+        derived["scale"] = {"scale": aff(slice(0, 2), 1 / cfg.scale, cfg.scale)}
+    if "rotate" in used:
+        derived["rotate"] = {"angle": aff(0, -cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180)}
+    out = []
+    for c, k in enumerate(picks):
+        op = ops[k]
+        v = {name: t[c : c + 1] for name, t in derived[op].items()}
+        if op == "cutout":
+            v["size"] = torch.tensor([int(h * cfg.cutout_ratio + 0.5), int(w * cfg.cutout_ratio + 0.5)])
+        out.append(DSAParams(op, v))
+    return out
 
 
 def _bcast(t: torch.Tensor, n: int) -> torch.Tensor:

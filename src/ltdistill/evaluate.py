@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .augment import DSAConfig, dsa
+from .augment import DSAConfig, apply_dsa, sample_dsa
 from .compiling import maybe_compile, should_compile
 from .data import LTData
 from .errors import ConfigError, TrainingError
 from .nets import has_batchnorm, init_net
-from .utils import configure_threads, derive_seed, make_generator, make_optimizer, resolve_device
+from .utils import configure_threads, derive_seed, device_generator, make_generator, make_optimizer, resolve_device
 
 
 @dataclass
@@ -58,6 +58,11 @@ class EvalConfig:
     # bfloat16 autocast for the training and test forwards (weights and optimiser stay fp32).
     bf16: bool = False
     threads: int = 0  # CPU threads; 0: all cores on CPU, 2 when training on a GPU
+    # Where batch orders and augmentation parameters are drawn: "host" (each run's CPU
+    # generator: the CPU results of every release), "device" (a generator on the training
+    # device per run: no copies, no waits; the augmentation's operation choice stays on the
+    # host), "auto" (host on CPU, device elsewhere).
+    draws: str = "auto"
 
 
 @dataclass
@@ -167,6 +172,11 @@ def train_nets(
     x, y = x.to(device), y.to(device)
     soft = y.ndim == 2
     gens = [make_generator(s, "train") for s in seeds]
+    if cfg.draws not in ("auto", "host", "device"):
+        raise ConfigError(f"draws must be auto, host or device, got {cfg.draws!r}")
+    on_device = cfg.draws == "device" or (cfg.draws == "auto" and device.type != "cpu")
+    # The values' generators: the host ones, or one per run on the device.
+    vgens = [device_generator(device, s, "train-device") for s in seeds] if on_device else gens
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
     R = len(nets)
     batched = R > 1 and not has_batchnorm(nets[0])
@@ -201,20 +211,22 @@ def train_nets(
                 group["lr"] *= 0.5
         for net in nets:
             net.train()
-        perms = [torch.randperm(n, generator=g).to(device) for g in gens]
+        perms = [torch.randperm(n, generator=gv, device=gv.device).to(device) for gv in vgens]
         tot, cnt = [0.0] * R, 0
         tot_t = torch.zeros(R, device=device)
         finite = torch.ones((), dtype=torch.bool, device=device)
         for i in range(0, n, cfg.batch_size):
             xbs, ybs = [], []
-            for r, g in enumerate(gens):
+            for r, (g, gv) in enumerate(zip(gens, vgens)):
                 idx = perms[r][i : i + cfg.batch_size]
-                xb = dsa(x[idx], g, dsa_cfg) if cfg.dsa else x[idx]
+                xb = x[idx]
+                if cfg.dsa:
+                    xb = apply_dsa(xb, sample_dsa(len(xb), tuple(xb.shape[-2:]), g, dsa_cfg, values_generator=gv))
                 yb = y[idx] if soft else F.one_hot(y[idx], data.num_classes).to(xb.dtype)
                 if cfg.rrc:
-                    xb = random_resized_crop(xb, g)
+                    xb = random_resized_crop(xb, gv)
                 if cfg.cutmix_p > 0 and float(torch.rand(1, generator=g)) < cfg.cutmix_p:
-                    xb, yb = cutmix(xb, yb, g)
+                    xb, yb = cutmix(xb, yb, g, gv)
                 xbs.append(xb)
                 ybs.append(yb)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -254,25 +266,30 @@ def train_nets(
 
 def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
     """Per-sample random-resized crop as an affine resampling (area fraction in ``scale``)."""
-    n = x.shape[0]
-    area = torch.rand(n, generator=g) * (scale[1] - scale[0]) + scale[0]
-    logr = torch.rand(n, generator=g) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
+    n, dev = x.shape[0], g.device  # drawn where ``g`` lives (a device generator: no copy)
+    area = torch.rand(n, generator=g, device=dev) * (scale[1] - scale[0]) + scale[0]
+    logr = torch.rand(n, generator=g, device=dev) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
     r = torch.exp(logr)
     sw = torch.sqrt(area * r).clamp(max=1.0)
     sh = torch.sqrt(area / r).clamp(max=1.0)
-    tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sw)
-    ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - sh)
-    z = torch.zeros(n)
+    tx = (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - sw)
+    ty = (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - sh)
+    z = torch.zeros(n, device=dev)
     theta = torch.stack([torch.stack([sw, z, tx], 1), torch.stack([z, sh, ty], 1)], 1).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
 
 
-def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """CutMix with beta(1, 1): paste a box from a permuted batch; mix targets by box area."""
+def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+           perm_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix with beta(1, 1): paste a box from a permuted batch; mix targets by box area.
+    The box comes from the host generator ``g`` (it sets shapes); the permutation from
+    ``perm_generator`` where given (a device generator: no copy)."""
     n, _, h, w = x.shape
     lam = float(torch.rand(1, generator=g))  # Beta(1, 1) is uniform
-    perm = torch.randperm(n, generator=g).to(x.device)
+    gp = perm_generator if perm_generator is not None and perm_generator is not g else None
+    perm = (torch.randperm(n, generator=gp, device=gp.device) if gp is not None
+            else torch.randperm(n, generator=g)).to(x.device)
     ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
     cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
     y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)

@@ -74,19 +74,51 @@ def init_net(name: str, channels: int, num_classes: int, image_size: int, seed: 
         return create_net(name, channels, num_classes, image_size, **kwargs)
 
 
+_DEVICE_RESETTABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.GroupNorm, nn.LayerNorm,
+                      nn.modules.batchnorm._NormBase)
+
+
+def _reset_with(m: nn.Module, g: torch.Generator) -> None:
+    """PyTorch's default initialisation of ``m`` (kaiming-uniform with a = sqrt(5) for
+    convolutions and linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and
+    bias; ones and zeros for norms), drawn from ``g`` where the parameters live."""
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        bound = 1.0 / math.sqrt(max(m.weight[0].numel(), 1))
+        m.weight.uniform_(-bound, bound, generator=g)
+        if m.bias is not None:
+            m.bias.uniform_(-bound, bound, generator=g)
+        return
+    if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+        m.reset_running_stats()
+    if getattr(m, "weight", None) is not None:
+        m.weight.fill_(1.0)
+    if getattr(m, "bias", None) is not None:
+        m.bias.zero_()
+
+
 class Reinit:
     """Re-initialise a net in place, as :func:`init_net` with another seed would build it,
     without constructing a module or running a dummy forward.
 
-    The draws happen on a contiguous CPU template (each module's ``reset_parameters`` in
-    module order, which is construction order), so the parameters are bit-identical to
-    ``init_net(..., seed)``'s on every device and whatever the net's memory format; they
-    reach the net as one copy per tensor (asynchronous on CUDA). Buffers such as batch
-    norm's running statistics are reset to their defaults (``init_net``'s dummy forward
-    leaves them slightly moved; a net in training mode never reads them).
+    Two paths, one distribution (PyTorch's default initialisation):
+
+    - **host** (the default for a net on the CPU): the draws happen on a contiguous CPU
+      template (each module's ``reset_parameters`` in module order, which is
+      construction order), so the parameters are bit-identical to ``init_net(..., seed)``'s
+      on every device and whatever the net's memory format; they reach the net as one copy
+      per tensor.
+    - **device** (the default for a net on a GPU): every parameter is drawn in place from a
+      generator on the net's device seeded with ``seed``: no host work, no copy, and the
+      global RNGs are never touched. Same seed and device give the same weights. Used when
+      every module with parameters is a known layer (convolution, linear, the norms);
+      otherwise the host path.
+
+    Buffers such as batch norm's running statistics are reset to their defaults
+    (``init_net``'s dummy forward leaves them slightly moved; a net in training mode never
+    reads them).
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, on_device: bool | None = None) -> None:
         self.net = net
         self.template = copy.deepcopy(net).cpu()
         self.resettable = [m for m in self.template.modules() if hasattr(m, "reset_parameters")]
@@ -95,8 +127,21 @@ class Reinit:
         if bare:
             raise ConfigError(f"cannot re-initialise {', '.join(bare)} in place: no reset_parameters()")
         self.source = self.template.state_dict()
+        params = list(net.parameters())
+        device = params[0].device if params else torch.device("cpu")
+        known = all(isinstance(m, _DEVICE_RESETTABLE) for m in net.modules()
+                    if any(True for _ in m.parameters(recurse=False)))
+        self.on_device = (device.type != "cpu" if on_device is None else on_device) and known
+        self.live = [m for m in net.modules() if isinstance(m, _DEVICE_RESETTABLE)]
+        self.g = torch.Generator(device=device) if self.on_device else None
 
     def __call__(self, seed: int) -> nn.Module:
+        if self.on_device:
+            self.g.manual_seed(seed)
+            with torch.no_grad():
+                for m in self.live:
+                    _reset_with(m, self.g)
+            return self.net
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.default_generator.manual_seed(seed)
             for m in self.resettable:

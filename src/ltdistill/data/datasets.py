@@ -152,9 +152,18 @@ class LTData:
 
     def normalize_float(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (any float tensor, any device) -> normalised with the dataset's mean/std."""
-        mean = torch.tensor(self.info.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.info.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._stats(x.device)
         return (x - mean) / std
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean/std as ``1 x C x 1 x 1`` tensors on ``device``, made once per device: a
+        fresh host-to-GPU copy in every call would make the GPU stream wait."""
+        cache = self.__dict__.setdefault("_stats_cache", {})
+        key = (str(device), tuple(self.info.mean), tuple(self.info.std))
+        if key not in cache:
+            cache[key] = (torch.tensor(self.info.mean, device=device).view(1, -1, 1, 1),
+                          torch.tensor(self.info.std, device=device).view(1, -1, 1, 1))
+        return cache[key]
 
     @classmethod
     def from_tensors(cls, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

@@ -13,8 +13,9 @@ from .base import (
     make_config,
     register_method,
 )
+from .matching import DISCREPANCIES, list_discrepancies
 
 __all__ = [
-    "METHODS", "DataConfig", "DistillConfig", "Method", "RunContext", "config_from_preset", "distill", "list_methods",
+    "DISCREPANCIES", "list_discrepancies", "METHODS", "DataConfig", "DistillConfig", "Method", "RunContext", "config_from_preset", "distill", "list_methods",
     "make_config", "register_method",
 ]

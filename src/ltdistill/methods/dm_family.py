@@ -20,10 +20,12 @@ from ..discrepancy import (
 from ..errors import ConfigError
 from ..utils import device_generator
 from .base import register_method
-from .matching import MatchConfig, Matcher, MatchingMethod
+from .matching import DISCREPANCIES, MatchConfig, Matcher, MatchingMethod
+from .parts import uses_device_draws
 
 
 # ----------------------------------------------------------------------------- DM
+@DISCREPANCIES.register("linear")
 class _LinearMMD(Matcher):
     def class_loss(self, c, real, syn):
         return linear_mmd(real, syn)
@@ -33,7 +35,7 @@ class _LinearMMD(Matcher):
 class DM(MatchingMethod):
     name = "dm"
     description = "Distribution Matching (Zhao & Bilen): mean embeddings of random ConvNets"
-    matcher = _LinearMMD
+    discrepancy = "linear"
 
 
 # ----------------------------------------------------------------------------- kernel MMD
@@ -59,6 +61,7 @@ class KernelConfig(MatchConfig):
     loss_scale: float = 300.0
 
 
+@DISCREPANCIES.register("kernel")
 class _KernelMMD(Matcher):
     def class_loss(self, c, real, syn):
         return kernel_mmd2(real, syn, self.cfg.sigma, self.cfg.kernel)
@@ -69,7 +72,7 @@ class MMD(MatchingMethod):
     name = "mmd"
     Config = KernelConfig
     description = "closed-form kernel MMD² (M3D-style), O((n+m)^2 d)"
-    matcher = _KernelMMD
+    discrepancy = "kernel"
 
 
 # ----------------------------------------------------------------------------- spectral family
@@ -84,7 +87,7 @@ class _Spectral(Matcher):
 
     def begin(self, it, g):
         dev = self.ctx.device
-        if dev.type == "cpu":  # the iteration's CPU generator, as always (same sets as before)
+        if not uses_device_draws(self.cfg, dev):  # the iteration's CPU generator (the CPU sets of every release)
             self.w = sample_frequencies(self.cfg.num_freqs, self.dim, self.cfg.sigma, self.cfg.kernel, g)
         else:  # drawn where they are used, from a generator on that device: no host work, no copy
             gd = device_generator(dev, self.ctx.seed, "freqs", it)
@@ -92,6 +95,7 @@ class _Spectral(Matcher):
                                         device=dev)
 
 
+@DISCREPANCIES.register("sdd")
 class _SDD(_Spectral):
     def class_loss(self, c, real, syn):
         return sdd(real, syn, self.w)
@@ -102,7 +106,7 @@ class SDD(MatchingMethod):
     name = "sdd"
     Config = SpectralConfig
     description = "Spectral Distribution Distance (Monte-Carlo MMD, linear in samples), no class-aware split"
-    matcher = _SDD
+    discrepancy = "sdd"
 
 
 @dataclass
@@ -124,6 +128,7 @@ class CSDMConfig(SpectralConfig):
     alpha: float | None = None  # a constant α for every class; None: class-aware map (midpoint on balanced data)
 
 
+@DISCREPANCIES.register("csdm")
 class _CSDM(_Spectral):
     def __init__(self, cfg, data, ctx, dim):
         super().__init__(cfg, data, ctx, dim)
@@ -141,7 +146,7 @@ class CSDM(MatchingMethod):
     name = "csdm"
     Config = CSDMConfig
     description = "Class-aware Spectral Distribution Matching: amplitude (head) / phase (tail) weighted SDD"
-    matcher = _CSDM
+    discrepancy = "csdm"
 
 
 # ----------------------------------------------------------------------------- NCFM-style
@@ -166,6 +171,7 @@ class _FreqSampler(nn.Module):
         return w0 + self.net(w0)
 
 
+@DISCREPANCIES.register("cfd")
 class _CFD(_Spectral):
     def __init__(self, cfg, data, ctx, dim):
         super().__init__(cfg, data, ctx, dim)
@@ -214,4 +220,4 @@ class NCFM(MatchingMethod):
     name = "ncfm"
     Config = NCFMConfig
     description = "NCFM-style characteristic function distance (sqrt per frequency), optional adversarial sampler"
-    matcher = _CFD
+    discrepancy = "cfd"

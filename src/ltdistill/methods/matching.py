@@ -20,15 +20,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..augment import apply_dsa
 from ..compiling import maybe_compile, should_compile
 from ..data import LTData
 from ..errors import ConfigError
 from ..multiformation import encode
 from ..progress import progress_bar
+from ..registry import Registry
 from ..utils import make_generator
 from .base import Method, RunContext, fill_indices
-from .parts import EXTRACTORS, Guard, Recorder, StepPolicy, Synthetic, make_image_optimizer
+from .parts import (
+    EXTRACTORS,
+    Guard,
+    Recorder,
+    StepPolicy,
+    Synthetic,
+    make_draws,
+    make_image_optimizer,
+    uses_device_draws,
+)
 
 
 @dataclass
@@ -79,6 +89,11 @@ class MatchConfig:
     # never waits for the device; a bad iteration is found there, named, and the images rolled
     # back to the last good check), "auto" (step on CPU, where it is free; log on GPUs).
     sync: str = "auto"
+    # Where real batches, DSA parameters, trunk weights and frequencies are drawn: "host"
+    # (the iteration's CPU generator, class by class: the CPU sets of every release),
+    # "device" (all classes in one call each on the run's device, no copies), "auto" (host
+    # on CPU, device elsewhere). Same seed and device: same set, either way.
+    draws: str = "auto"
 
 
 class Matcher:
@@ -103,14 +118,24 @@ class Matcher:
         pass
 
 
+DISCREPANCIES: Registry[type[Matcher]] = Registry("discrepancy")
+"""The per-class discrepancies (``linear``, ``kernel``, ``sdd``, ``csdm``, ``cfd``): a
+:class:`Matcher` each, wrapping a pure function of :mod:`ltdistill.discrepancy`."""
+
+
+def list_discrepancies() -> list[str]:
+    return DISCREPANCIES.names()
+
+
 class MatchingMethod(Method):
-    """Base of the DM family: subclasses set ``Config`` and ``matcher``."""
+    """Base of the DM family. A method is a name, a ``Config`` (its defaults) and the name
+    of a registered discrepancy; the loop is shared."""
 
     Config = MatchConfig
-    matcher: type[Matcher] = Matcher
+    discrepancy: str = ""
 
     def run(self, data: LTData, ctx: RunContext):
-        return run_matching(self.matcher, data, ctx)
+        return run_matching(DISCREPANCIES.get(self.discrepancy), data, ctx)
 
 
 def _init_images(data: LTData, ctx: RunContext, cfg: MatchConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +176,7 @@ def _validate(cfg: MatchConfig) -> None:
         raise ConfigError(f"sync must be auto, step or log, got {cfg.sync!r}")
     if cfg.optimizer not in ("sgd", "adamw"):
         raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    uses_device_draws(cfg, torch.device("cpu"))  # validates options.draws
 
 
 def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
@@ -170,8 +196,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     deferred = cfg.sync == "log" or (cfg.sync == "auto" and dev.type != "cpu")
     guard = Guard(deferred, syn, opt, dev, start, rec.ckpt, data.class_names)
     policy = StepPolicy(cfg.per_class_steps, syn, opt, guard)
-    dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
-    class_idx = [data.train.indices_of(c) for c in range(data.num_classes)]
+    draw = make_draws(data, cfg, ctx)
     # The split lives on the run's device (uint8, normalised there per batch): a real batch is
     # gathered where it is used, never assembled on the host and copied.
     real_images = data.train.images.to(dev)
@@ -237,13 +262,8 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             opt.zero_grad(set_to_none=True)
             guard.begin(it)
             # Every class's real batch and DSA parameters first, in a fixed order, so both
-            # forward paths consume the generator identically.
-            draws = []
-            for c in range(data.num_classes):
-                idx = class_idx[c]
-                pick = idx[torch.randperm(len(idx), generator=g)[: cfg.batch_real]]
-                draws.append((pick, sample_dsa(1, info.image_size, g, dsa_cfg, siamese=True)))
-            total = forward(draws)
+            # forward paths consume the generators identically.
+            total = forward(draw(it, g))
             matcher.after_backward()
             policy.after_iteration()
             guard.end(total)

@@ -10,6 +10,11 @@ made of. Each part owns one decision of the loop and the state that goes with it
   class) — ``options.per_class_steps``;
 - the **discrepancy**: a method's :class:`~ltdistill.methods.matching.Matcher`, one per
   registered method;
+- the **draws** (registry :data:`DRAWS`: ``host`` = every class's real batch and DSA from
+  the iteration's CPU generator, class by class, the CPU default and the sets of every
+  earlier release; ``device`` = all classes' real batches from one ``rand`` + sort and all
+  classes' DSA parameters from one ``rand`` on the run's device, the GPU default) —
+  ``options.draws``;
 - the **guard** for NaN/inf (every step, or deferred to check points with a roll-back) —
   ``options.sync``;
 - the **recorder**: loss log, tracker, progress, checkpoints and resume.
@@ -25,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..augment import DSAConfig, DSAParams, sample_dsa, sample_dsa_classes
 from ..data import LTData
 from ..errors import ConfigError, TrainingError
 from ..extractors import interpolate_, train_pool
@@ -32,6 +38,13 @@ from ..multiformation import decode
 from ..nets import Reinit, has_batchnorm, init_net
 from ..registry import Registry
 from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_optimizer
+
+
+def uses_device_draws(cfg: Any, device: torch.device) -> bool:
+    """``options.draws``: ``auto`` draws on the device everywhere but on the CPU."""
+    if cfg.draws not in ("auto", "host", "device"):
+        raise ConfigError(f"draws must be auto, host or device, got {cfg.draws!r}")
+    return cfg.draws == "device" or (cfg.draws == "auto" and device.type != "cpu")
 
 
 # ----------------------------------------------------------------------------- extractors
@@ -45,7 +58,7 @@ class Extractor:
         # compiled embed is compiled once (its weights are graph inputs, not constants).
         self.trunk = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(ctx.device)
         self.trunk.requires_grad_(False)
-        self.reinit = Reinit(self.trunk)
+        self.reinit = Reinit(self.trunk, on_device=uses_device_draws(cfg, ctx.device))
         self.feature_dim = int(self.trunk.feature_dim)
         self.batchnorm = has_batchnorm(self.trunk)
         self.calibration: torch.nn.Module | None = None  # a trained net for the calibration term
@@ -82,6 +95,63 @@ class PoolExtractor(Extractor):
 
 
 EXTRACTORS.add("pool", PoolExtractor)
+
+
+# ----------------------------------------------------------------------------- draws
+Draw = tuple[torch.Tensor, DSAParams]  # (indices of a class's real batch, its siamese DSA draw)
+
+
+class HostDraws:
+    """Class by class from the iteration's host generator: ``randperm`` of the class's
+    images (the first ``batch_real``; all of them when the class is shorter) and one
+    siamese DSA draw. Cheap on a CPU, where the run is; a GPU would wait for copies."""
+
+    def __init__(self, data: LTData, cfg: Any, ctx: Any) -> None:
+        self.class_idx = [data.train.indices_of(c) for c in range(data.num_classes)]
+        self.size, self.batch_real = data.info.image_size, cfg.batch_real
+        self.dsa = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
+
+    def __call__(self, it: int, g: torch.Generator) -> list[Draw]:
+        out = []
+        for idx in self.class_idx:
+            pick = idx[torch.randperm(len(idx), generator=g)[: self.batch_real]]
+            out.append((pick, sample_dsa(1, self.size, g, self.dsa, siamese=True)))
+        return out
+
+
+class DeviceDraws(HostDraws):
+    """All classes at once, on the run's device: one ``rand`` over the whole training
+    split, offset by class, sorted once, gives a uniform random permutation inside every
+    class's block (its first ``batch_real`` are the batch); one ``rand(C, 3)`` gives every
+    class's DSA parameters (:func:`sample_dsa_classes`). Only the DSA operation choice
+    (which code path runs) is drawn on the host. Nothing waits for the device."""
+
+    def __init__(self, data: LTData, cfg: Any, ctx: Any) -> None:
+        super().__init__(data, cfg, ctx)
+        dev, labels = ctx.device, data.train.labels
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=data.num_classes).tolist()
+        starts = [sum(counts[:c]) for c in range(len(counts))]
+        self.spans = [(s, min(n, self.batch_real)) for s, n in zip(starts, counts)]
+        self.order = order.to(dev)
+        self.block = labels[order].to(dev, torch.float64)  # class id of each sorted position
+        self.seed, self.g = ctx.seed, torch.Generator(device=dev)
+
+    def __call__(self, it: int, g: torch.Generator) -> list[Draw]:
+        self.g.manual_seed(derive_seed(self.seed, "draws", it))
+        keys = torch.rand(len(self.block), generator=self.g, device=self.block.device, dtype=torch.float64)
+        pos = torch.argsort(keys + self.block)  # blocks stay in place; each is shuffled
+        picks = [self.order[pos[s : s + n]] for s, n in self.spans]
+        return list(zip(picks, sample_dsa_classes(len(picks), self.size, g, self.g, self.dsa)))
+
+
+DRAWS: Registry[type[HostDraws]] = Registry("draws")
+DRAWS.add("host", HostDraws)
+DRAWS.add("device", DeviceDraws)
+
+
+def make_draws(data: LTData, cfg: Any, ctx: Any) -> HostDraws:
+    return DRAWS.get("device" if uses_device_draws(cfg, ctx.device) else "host")(data, cfg, ctx)
 
 
 # ----------------------------------------------------------------------------- synthetic images
