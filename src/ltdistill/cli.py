@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .config import apply_dict, apply_overrides, list_presets, load_yaml, to_dict, valid_keys
-from .errors import ConfigError, LtdError
+from .errors import ConfigError, LtdError, TrainingError
 
 
 def _registries() -> str:
@@ -78,17 +79,20 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    out = check_writable(args.out, "--out")
+    rank = _join_group(cfg.device)
+    out = check_writable(args.out, "--out") if rank.is_main else Path(args.out)
     prefix = out.with_suffix("")
     t0 = time.perf_counter()
-    with contextlib.closing(_tracker(args, to_dict(cfg), out.stem, "distill")) as tracker:
+    tracker = _tracker(args, to_dict(cfg), out.stem, "distill") if rank.is_main else None
+    with contextlib.closing(tracker) if tracker is not None else contextlib.nullcontext():
         s = distill(cfg, show_progress=not args.quiet, run_prefix=str(prefix), tracker=tracker,
                     image_every=args.log_images_every)
+    if not rank.is_main:  # rank 0 writes the gathered set and every other output
+        return 0
     save_set(s, out)
-    _write_json(out.with_suffix(".config.json"), to_dict(cfg))
-    ckpt = prefix.with_name(prefix.name + ".ckpt")
-    if ckpt.is_file() and not args.keep_checkpoint:
-        ckpt.unlink()  # the set is saved: the checkpoint is a second copy of it
+    _write_json(out.with_suffix(".config.json"), {**to_dict(cfg), "world_size": rank.world_size})
+    if not args.keep_checkpoint:  # the set is saved: the checkpoint is a second copy of it
+        _remove_checkpoints(prefix)
     written = [out, out.with_suffix(".png")]
     log = prefix.with_name(prefix.name + ".loss.jsonl")
     if log.is_file():
@@ -99,6 +103,36 @@ def cmd_distill(args: argparse.Namespace) -> int:
           f"IF {s.dataset['imbalance']:.4g} (class counts {counts}) in {time.perf_counter() - t0:.1f}s")
     print("wrote " + ", ".join(str(w) for w in written if w))
     return 0
+
+
+def _join_group(device: str):
+    """Under ``torchrun``: join the process group (gloo on CPU, nccl on CUDA) and turn
+    SIGTERM (what torchrun sends the others when one rank dies) into a clear error."""
+    import signal
+
+    from .distributed import init_from_env, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        from .distributed import current
+
+        return current()
+    rank = init_from_env(device, timeout_s=float(os.environ.get("LTDISTILL_DIST_TIMEOUT", "300")))
+
+    def stopped(signum, frame):
+        raise TrainingError(f"rank {rank.rank} of {rank.world_size} was stopped (signal {signum}): another rank "
+                            "failed or the launcher stopped the run; nothing after the last complete checkpoint is "
+                            "kept. Rerun the same command with --resume to continue from it")
+
+    signal.signal(signal.SIGTERM, stopped)
+    return rank
+
+
+def _remove_checkpoints(prefix: Path) -> None:
+    import shutil
+
+    for p in (prefix.with_name(prefix.name + ".ckpt"), prefix.with_name(prefix.name + ".ckpt.json")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(prefix.with_name(prefix.name + ".ckpt.d"), ignore_errors=True)
 
 
 def _loss_plot(log: Path, png: Path, title: str) -> Path | None:
@@ -146,10 +180,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = build_eval_config(args)
     check_extras(args.tensorboard, args.wandb)
-    if args.json:
+    rank = _join_group(cfg.device)
+    if args.json and rank.is_main:
         check_writable(args.json, "--json")
-    if args.plot:
+    if args.plot and rank.is_main:
         check_writable(args.plot, "--plot")
+    if not rank.is_main:
+        args.quiet, args.tensorboard, args.wandb = True, None, None
     if args.full:
         if args.set_path is not None:
             raise ConfigError("--full evaluates the whole long-tailed dataset: give no set file")
@@ -174,6 +211,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         with contextlib.closing(_tracker(args, to_dict(cfg), Path(args.set_path).stem, "evaluate")) as tracker:
             res = evaluate_set(s, data, cfg, show_progress=not args.quiet, tracker=tracker)
         about = {"set": str(args.set_path), "method": s.method, "set_config": s.config}
+    if not rank.is_main:
+        return 0
     print(format_result(res, data.class_names, title))
     record = {**about, "dataset": data.split_record(), "class_names": list(data.class_names), **res.to_dict(),
               "library_version": __version__}
@@ -452,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .distributed import shutdown
+
     try:
         return int(args.func(args) or 0)
     except LtdError as e:
@@ -460,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ltdistill: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
 
 
 

@@ -325,14 +325,28 @@ def evaluate_tensors(
     each run's ``seconds`` is then the group's wall time divided by the runs.
     A :class:`~ltdistill.tracking.Tracker` gets the training loss and lr per epoch
     (step = epoch, counted across run groups), and each run's accuracy and groups.
+
+    Inside an initialised ``torch.distributed`` group the runs are dealt to the ranks
+    (run r to rank ``r % world_size``) and gathered: every rank returns the result one
+    process gives (each run depends only on its seed); only rank 0 shows progress and
+    talks to ``tracker``.
     """
+    from .distributed import all_gather_objects, current, device_for, shard
     from .progress import progress_bar
 
-    device = resolve_device(cfg.device)
+    rank = current()
+    device = device_for(rank, resolve_device(cfg.device))
+    if rank.enabled:
+        import dataclasses
+
+        if device.type == "cuda":
+            cfg = dataclasses.replace(cfg, device=str(device))  # this rank's GPU
+        show_progress, tracker = show_progress and rank.is_main, tracker if rank.is_main else None
     configure_threads(device, cfg.threads)
     track = "soft" if y.ndim == 2 else "hard"
-    seeds = [derive_seed(cfg.seed, "run", r) for r in range(cfg.runs)]
-    groups = [seeds] if cfg.batched_runs else [[s] for s in seeds]
+    mine = shard(cfg.runs, rank.rank, rank.world_size)
+    seeds = [derive_seed(cfg.seed, "run", r) for r in mine]
+    groups = ([seeds] if seeds else []) if cfg.batched_runs else [[s] for s in seeds]
     runs = []
     for k, group in enumerate(groups):
         t0 = time.perf_counter()
@@ -350,7 +364,13 @@ def evaluate_tensors(
         tested = [test_accuracy(net, data, device, cfg.test_batch_size, mode, cfg.bf16) for net in nets]
         dt = (time.perf_counter() - t0) / len(group)
         runs += [RunResult(acc, per_class, dt, loss) for (acc, per_class), loss in zip(tested, last)]
+    if rank.enabled:  # every rank's runs, back in run order
+        by_run = {}
+        for r, got in enumerate(all_gather_objects(runs, "gathering the evaluation runs")):
+            by_run.update(zip(shard(cfg.runs, r, rank.world_size), got))
+        runs = [by_run[r] for r in range(cfg.runs)]
     res = _summarise(runs, data, track, cfg)
+    res.config["world_size"] = rank.world_size
     if tracker:
         for r, run in enumerate(res.runs):
             tracker.scalar("eval/acc", run.acc, r)

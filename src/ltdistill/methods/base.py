@@ -69,6 +69,7 @@ class RunContext:
     run_prefix: str | None = None  # long runs write <prefix>.ckpt and <prefix>.loss.jsonl
     tracker: Any = None  # a ltdistill.tracking.Tracker (TensorBoard / W&B) or None
     image_every: int = 0  # iterations between synthetic-image grids sent to the tracker (0: end only)
+    dist: Any = None  # a ltdistill.distributed.DistInfo under torch.distributed (classes sharded), else None
 
 
 class Method:
@@ -171,6 +172,11 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
             run_prefix: str | None = None, tracker: Any = None, image_every: int = 0) -> DistilledSet:
     """Run ``cfg.method`` on the long-tailed split and return the distilled set.
 
+    Inside an initialised ``torch.distributed`` group (``torchrun``, or one the caller set
+    up) every rank calls this with the same arguments: the DM-family methods share the
+    classes out (:mod:`ltdistill.distributed`), and every rank returns the same gathered
+    set, equal to one process's; only rank 0 shows progress and talks to ``tracker``.
+
     ``tracker`` (:func:`ltdistill.tracking.make_tracker`) receives the loss and learning
     rate at every log step and, every ``image_every`` iterations and at the end, the
     synthetic images as a grid (decoded, de-normalised)."""
@@ -182,10 +188,15 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         d = cfg.data
         data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download, d.image_size,
                             d.n_per_class, show_progress)
-    device = resolve_device(cfg.device)
+    from ..distributed import current, device_for
+
+    rank = current()  # an initialised process group (torchrun, or the user's): shard the classes
+    device = device_for(rank, resolve_device(cfg.device))
     configure_threads(device, cfg.threads)
+    show_progress = show_progress and rank.is_main
+    tracker = tracker if rank.is_main else None
     ctx = RunContext(cfg.ipc, cfg.seed, device, cfg.fill, cfg.options,
-                     show_progress, run_prefix, tracker, image_every)
+                     show_progress, run_prefix, tracker, image_every, rank)
     t0 = time.perf_counter()
     images, labels, extra = cls().run(data, ctx)
     extra = dict(extra)
@@ -193,7 +204,8 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
     out = DistilledSet(
         images=images.detach().cpu().float(), labels=labels.cpu().long(),
         class_names=list(data.class_names), mean=list(data.info.mean), std=list(data.info.std),
-        dataset=data.split_record(), method=cfg.method, config=to_dict(cfg), seed=cfg.seed,
+        dataset=data.split_record(), method=cfg.method, config={**to_dict(cfg), "world_size": rank.world_size},
+        seed=cfg.seed,
         extra=extra, factor=int(extra.get("factor", 1)), provenance=provenance(),
     )
     if tracker:

@@ -198,6 +198,10 @@ class _CFD(_Spectral):
     def class_loss(self, c, real, syn):
         return cfd_class_loss(real, syn, self.w, self.cfg.alpha, self.cfg.eps)
 
+    @property
+    def shardable(self):
+        return self.sampler is None  # the adversary learns from every class's loss at once
+
     def after_backward(self):
         if self.sampler is None or self.w.grad is None:
             return

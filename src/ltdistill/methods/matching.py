@@ -108,6 +108,8 @@ class Matcher:
     def class_loss(self, c: int, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    shardable = True  # per-class losses independent given the iteration's draws (classes may live on ranks)
+
     def after_backward(self) -> None:
         """Hook after the gradients of an iteration exist (e.g. an adversary's ascent step)."""
 
@@ -183,14 +185,21 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     """The loop: per iteration, draw the extractor, draw every class's real batch and DSA,
     compute the discrepancy per class (one forward per class, or all in one), step, then
     log / check / checkpoint. All randomness of iteration ``t`` comes from ``(seed, t)``."""
+    from ..distributed import DistInfo, all_gather_objects, all_reduce_sum
+
     cfg: MatchConfig = ctx.options
     _validate(cfg)
     dev, info, ipc = ctx.device, data.info, ctx.ipc
+    rank = getattr(ctx, "dist", None) or DistInfo()
+    mine = rank.classes(data.num_classes)  # every class in one process; this rank's share under torchrun
     x0, labels = _init_images(data, ctx, cfg)
-    syn = Synthetic(x0, labels, data, cfg, ipc, dev)
+    syn = Synthetic(x0, labels, data, cfg, ipc, dev, mine)
     opt = make_image_optimizer([syn.x], cfg)
     extractor = EXTRACTORS.get(cfg.extractor)(cfg, data, ctx)
     matcher = matcher_cls(cfg, data, ctx, extractor.feature_dim)
+    if rank.enabled and not matcher.shardable:
+        raise ConfigError(f"{matcher_cls.__name__} couples the classes (e.g. ncfm's adversarial sampler): "
+                          "it cannot be sharded across processes; run it in one process")
     rec = Recorder(ctx, cfg, data, syn, opt, matcher)
     start = rec.resume()
     deferred = cfg.sync == "log" or (cfg.sync == "auto" and dev.type != "cpu")
@@ -224,6 +233,9 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         """One forward per class (the DM reference structure); the graph of one class at a time."""
         total = torch.zeros((), device=dev) if deferred else 0.0
         for c, (pick, p) in enumerate(draws):
+            if c not in syn.pos:  # another rank's class
+                policy.idle_class()
+                continue
             xs = apply_dsa(syn.of_class(c), p)
             with torch.no_grad(), amp:
                 fr = embed(real_batch(pick, p))
@@ -239,15 +251,16 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         """All classes' real images through one forward pass (no autograd graph), all
         synthetic images through another; each class keeps its own siamese DSA draw.
         Per-sample (instance) norm makes this equal to the per-class forward."""
-        xr = torch.cat([real_batch(pick, p) for pick, p in draws])
-        xs_list = [apply_dsa(syn.of_class(c), p) for c, (_, p) in enumerate(draws)]
+        draws = [(c, *draws[c]) for c in syn.classes]
+        xr = torch.cat([real_batch(pick, p) for _, pick, p in draws])
+        xs_list = [apply_dsa(syn.of_class(c), p) for c, _, p in draws]
         extractor.trunk.to(memory_format=mem)
         with torch.no_grad(), amp:
             fr = embed(xr.contiguous(memory_format=mem))
         with amp:
             fs = embed(torch.cat(xs_list).contiguous(memory_format=mem))
-        frs, fss = fr.split([len(pick) for pick, _ in draws]), fs.split([len(x) for x in xs_list])
-        total = torch.stack([class_loss(c, frs[c], fss[c], xs_list[c]) for c in range(len(draws))]).sum()
+        frs, fss = fr.split([len(pick) for _, pick, _ in draws]), fs.split([len(x) for x in xs_list])
+        total = torch.stack([class_loss(c, frs[i], fss[i], xs_list[i]) for i, (c, _, _) in enumerate(draws)]).sum()
         total.backward()
         return total.detach() if deferred else float(total.detach())
 
@@ -273,6 +286,8 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             if deferred and (logs or saves):
                 guard.check(done)  # the one host synchronisation, at check points only
                 total = float(total)
+            if logs and rank.enabled:
+                total = float(all_reduce_sum(total))  # the loss of every class, not this rank's share
             bar.update(1)
             if not isinstance(total, torch.Tensor):
                 bar.set_postfix(loss=f"{total:.4g}")
@@ -283,5 +298,11 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
                 rec.save(done)
     if rec.ckpt is not None and cfg.iterations > start:
         rec.save(cfg.iterations)
-    return syn.export(), labels, {"final_loss": rec.history[-1]["loss"] if rec.history else None,
+    images = syn.export()
+    if rank.enabled:  # the shards, gathered on every rank, in class order
+        rows = {}
+        for classes, x in all_gather_objects((syn.classes, images)):
+            rows.update({c: x[i * ipc : (i + 1) * ipc] for i, c in enumerate(classes)})
+        images = torch.cat([rows[c] for c in range(data.num_classes)])
+    return images, labels, {"final_loss": rec.history[-1]["loss"] if rec.history else None,
                                   "iterations_run": cfg.iterations - start, "factor": cfg.factor}

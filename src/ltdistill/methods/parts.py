@@ -78,9 +78,15 @@ class PoolExtractor(Extractor):
         super().__init__(cfg, data, ctx)
         if cfg.pool_size < 1 or cfg.pool_epochs < 1:
             raise ConfigError("pool_size and pool_epochs must be at least 1")
-        dev = ctx.device
+        from ..distributed import DistInfo, barrier
+
+        dev, rank = ctx.device, getattr(ctx, "dist", None) or DistInfo()
+        if not rank.is_main:  # rank 0 trains (and caches) the pool; the others then read it
+            barrier("waiting for rank 0 to train the extractor pool")
         pool = train_pool(data, cfg.net, cfg.pool_size, cfg.pool_epochs, derive_seed(ctx.seed, "pool"), str(dev),
-                          cfg.pool_dir, ctx.show_progress)
+                          cfg.pool_dir, ctx.show_progress and rank.is_main)
+        if rank.is_main and rank.enabled:
+            barrier("sharing the trained extractor pool")
         self.pool = [{k: v.to(dev) for k, v in m.items()} for m in pool]
         info = data.info
         self.calibration = init_net(cfg.net, info.channels, data.num_classes, info.image_size, 0).to(dev)
@@ -156,16 +162,22 @@ def make_draws(data: LTData, cfg: Any, ctx: Any) -> HostDraws:
 
 # ----------------------------------------------------------------------------- synthetic images
 class Synthetic:
-    """The learnable stored images and how they become network input.
+    """The learnable stored images of the classes this process owns, and how they become
+    network input.
 
-    ``x`` holds the stored pixels: normalised, or in [0, 1] (``unit``, clamped after each
-    step); with factor f each stored image is an f x f mosaic that :func:`decode` turns
-    into f*f training images."""
+    ``x`` holds the stored pixels of ``classes`` (all classes in one process; a rank's
+    share under ``torch.distributed``), ``ipc`` rows per class in that order: normalised,
+    or in [0, 1] (``unit``, clamped after each step); with factor f each stored image is an
+    f x f mosaic that :func:`decode` turns into f*f training images."""
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor, data: LTData, cfg: Any, ipc: int,
-                 device: torch.device) -> None:
+                 device: torch.device, classes: list[int] | None = None) -> None:
         if cfg.pixel_space not in ("normalized", "unit"):
             raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.pixel_space!r}")
+        self.classes = list(range(data.num_classes)) if classes is None else list(classes)
+        self.pos = {c: i for i, c in enumerate(self.classes)}
+        if len(self.classes) != data.num_classes:
+            x = torch.cat([x[c * ipc : (c + 1) * ipc] for c in self.classes])
         self.x = x.to(device).requires_grad_(True)
         self.labels, self.data, self.ipc, self.factor = labels, data, ipc, cfg.factor
         self.unit = cfg.pixel_space == "unit"
@@ -176,7 +188,8 @@ class Synthetic:
         return self.data.normalize_float(x) if self.unit else x
 
     def of_class(self, c: int) -> torch.Tensor:
-        return self.to_net(self.x[c * self.ipc : (c + 1) * self.ipc])
+        i = self.pos[c]
+        return self.to_net(self.x[i * self.ipc : (i + 1) * self.ipc])
 
     def project_(self) -> None:
         if self.unit:
@@ -184,7 +197,7 @@ class Synthetic:
                 self.x.clamp_(0, 1)
 
     def export(self) -> torch.Tensor:
-        """Normalised CPU images (artifacts always hold normalised images)."""
+        """Normalised CPU images of the owned classes (artifacts always hold normalised images)."""
         x = self.x.detach().cpu()
         return self.data.normalize_float(x) if self.unit else x
 
@@ -237,7 +250,11 @@ class Guard:
         """At a check point (after ``done`` iterations): the one host synchronisation."""
         if not self.deferred:
             return
-        first_bad = int(self.bad_at)
+        from ..distributed import all_reduce_min
+
+        never = torch.iinfo(torch.long).max  # every rank learns the first bad iteration of any rank
+        first_bad = int(all_reduce_min(torch.where(self.bad_at < 0, torch.full_like(self.bad_at, never), self.bad_at)))
+        first_bad = -1 if first_bad == never else first_bad
         if first_bad >= 0:
             with torch.no_grad():
                 self.syn.x.copy_(self.good[1])
@@ -269,6 +286,13 @@ class StepPolicy:
         if self.per_class:
             self.step()
 
+    def idle_class(self) -> None:
+        """A class another rank owns: with per-class steps this rank's images still take
+        that step (zero gradient; momentum and weight decay move them as in one process)."""
+        if self.per_class:
+            self.syn.x.grad = torch.zeros_like(self.syn.x)
+            self.step()
+
     def after_iteration(self) -> None:
         if not self.per_class:
             self.step()
@@ -280,49 +304,94 @@ def make_image_optimizer(params: list[torch.Tensor], cfg: Any) -> torch.optim.Op
 
 # ----------------------------------------------------------------------------- recorder
 class Recorder:
-    """The run's memory: checkpoint / resume, the loss log (JSONL), the tracker."""
+    """The run's memory: checkpoint / resume, the loss log (JSONL), the tracker.
+
+    One process writes ``<prefix>.ckpt``. Under ``torch.distributed`` every rank writes
+    its shard ``<prefix>.ckpt.d/it<iteration>.rank<r>.pt``; after a barrier rank 0 writes
+    the manifest ``<prefix>.ckpt.json`` naming that complete set of shards, then removes
+    older shards. A rank killed mid-checkpoint leaves the manifest at the last complete one.
+    Shards hold per-class rows, so a run resumes with any number of processes (or one).
+    Only rank 0 writes the loss log and talks to the tracker."""
 
     EXCLUDED = ("iterations", "resume", "checkpoint_every", "log_every", "sync")  # not part of a run's identity
 
     def __init__(self, ctx: Any, cfg: Any, data: LTData, syn: Synthetic, opt: torch.optim.Optimizer,
                  matcher: Any) -> None:
+        from ..distributed import DistInfo
+
         self.ctx, self.cfg, self.data, self.syn, self.opt, self.matcher = ctx, cfg, data, syn, opt, matcher
+        self.dist = getattr(ctx, "dist", None) or DistInfo()
+        self.main = self.dist.is_main
         prefix = Path(ctx.run_prefix) if ctx.run_prefix else None
         self.ckpt = prefix.with_name(prefix.name + ".ckpt") if prefix else None
-        self.log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix else None
+        self.manifest = prefix.with_name(prefix.name + ".ckpt.json") if prefix else None
+        self.shard_dir = prefix.with_name(prefix.name + ".ckpt.d") if prefix else None
+        self.log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix and self.main else None
         self.identity = {"dataset": data.split_record(), "ipc": ctx.ipc, "seed": ctx.seed,
                          "options": {k: v for k, v in vars(cfg).items() if k not in self.EXCLUDED}}
         self.start, self.history = 0, []
         self.t0 = time.perf_counter()
 
+    # -- resume
+    def _states(self) -> list[dict]:
+        """The newest complete checkpoint: the manifest's shards, else the single file."""
+        states = []
+        if self.manifest is not None and self.manifest.is_file():
+            man = json.loads(self.manifest.read_text())
+            for name in man["files"]:
+                f = self.shard_dir / name
+                if not f.is_file():
+                    raise ConfigError(f"checkpoint manifest {self.manifest} names {f}, which is missing")
+                states.append(_load_ckpt(f))
+        single = _load_ckpt(self.ckpt) if self.ckpt is not None and self.ckpt.is_file() else None
+        if single is not None and (not states or int(single["iteration"]) > int(states[0]["iteration"])):
+            states = [single]
+        for st in states:
+            if st.get("identity") != self.identity:
+                raise ConfigError(f"checkpoint {self.ckpt} belongs to a different run (data, IPC, seed or options differ)")
+        return states
+
     def resume(self) -> int:
         """Load the checkpoint when asked and present; (re)write the loss log; the first iteration."""
-        if self.cfg.resume and self.ckpt is not None and self.ckpt.is_file():
-            state = torch.load(self.ckpt, map_location="cpu", weights_only=True)
-            if state.get("identity") != self.identity:
-                raise ConfigError(f"checkpoint {self.ckpt} belongs to a different run (data, IPC, seed or options differ)")
+        states = self._states() if self.cfg.resume and self.ckpt is not None else []
+        if states:
+            ipc, rows, opt_rows, shared_opt, history = self.syn.ipc, {}, {}, {}, []
+            for st in states:
+                classes = st.get("classes") or list(range(self.data.num_classes))
+                split = _split_state(st["optimizer"], st["images"].shape)
+                for i, c in enumerate(classes):
+                    rows[c] = st["images"][i * ipc : (i + 1) * ipc]
+                    opt_rows[c] = {k: v[i * ipc : (i + 1) * ipc] for k, v in split["rows"].items()}
+                shared_opt = split
+                history = st.get("history") or history
+            mine = self.syn.classes
+            missing = [c for c in mine if c not in rows]
+            if missing:
+                raise ConfigError(f"checkpoint of {self.ckpt} lacks classes {missing}")
             with torch.no_grad():
-                self.syn.x.copy_(state["images"].to(self.syn.x.device))
-            self.opt.load_state_dict(state["optimizer"])
-            self.matcher.load_state_dict(state["matcher"])
-            self.start, self.history = int(state["iteration"]), list(state["history"])
+                self.syn.x.copy_(torch.cat([rows[c] for c in mine]).to(self.syn.x.device))
+            self.opt.load_state_dict(_join_state(shared_opt, {k: torch.cat([opt_rows[c][k] for c in mine])
+                                                             for k in shared_opt["rows"]}))
+            self.matcher.load_state_dict(states[0]["matcher"])
+            self.start, self.history = int(states[0]["iteration"]), list(history)
         if self.log_path is not None:
             atomic_write_bytes(self.log_path, "".join(json.dumps(h) + "\n" for h in self.history).encode())
         return self.start
 
+    # -- log
     def log(self, done: int, loss: float) -> None:
         rec = {"iteration": done, "loss": loss, "seconds": round(time.perf_counter() - self.t0, 3)}
         self.history.append(rec)
         if self.log_path is not None:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if self.ctx.tracker:
+        if self.ctx.tracker and self.main:
             self.ctx.tracker.scalar("distill/loss", loss, done)
             self.ctx.tracker.scalar("distill/lr_img", self.opt.param_groups[0]["lr"], done)
 
     def images(self, done: int) -> None:
-        if not (self.ctx.tracker and self.ctx.image_every and done % self.ctx.image_every == 0
-                and done < self.cfg.iterations):
+        if not (self.ctx.tracker and self.main and not self.dist.enabled and self.ctx.image_every
+                and done % self.ctx.image_every == 0 and done < self.cfg.iterations):
             return
         from ..artifact import tracker_grid
 
@@ -331,9 +400,51 @@ class Recorder:
         self.ctx.tracker.image("distill/synthetic", tracker_grid(x, self.syn.labels, self.syn.factor, info.mean,
                                                                  info.std, self.data.num_classes), done)
 
+    # -- checkpoint
     def save(self, iteration: int) -> None:
         if self.ckpt is None:
             return
-        atomic_torch_save({"iteration": iteration, "images": self.syn.x.detach().cpu(),
-                           "optimizer": self.opt.state_dict(), "matcher": self.matcher.state_dict(),
-                           "history": self.history, "identity": self.identity}, self.ckpt)
+        state = {"iteration": iteration, "images": self.syn.x.detach().cpu(), "classes": self.syn.classes,
+                 "optimizer": self.opt.state_dict(), "matcher": self.matcher.state_dict(),
+                 "history": self.history, "identity": self.identity, "world_size": self.dist.world_size}
+        if not self.dist.enabled:
+            atomic_torch_save(state, self.ckpt)
+            return
+        from ..distributed import barrier
+
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        name = f"it{iteration:09d}.rank{self.dist.rank}.pt"
+        atomic_torch_save(state, self.shard_dir / name)
+        barrier(f"the checkpoint at iteration {iteration}")
+        if self.main:
+            files = [f"it{iteration:09d}.rank{r}.pt" for r in range(self.dist.world_size)]
+            atomic_write_bytes(self.manifest, json.dumps({"iteration": iteration, "world_size": self.dist.world_size,
+                                                          "files": files}, indent=1).encode())
+            for f in self.shard_dir.glob("it*.rank*.pt"):
+                if f.name not in files and int(f.name[2:11]) < iteration:
+                    f.unlink(missing_ok=True)
+
+    def paths(self) -> list[Path]:
+        """Every checkpoint file this run may have written (removed once the set is saved)."""
+        return [p for p in (self.ckpt, self.manifest, self.shard_dir) if p is not None]
+
+
+def _load_ckpt(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which
+        raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def _split_state(opt_state: dict, shape: torch.Size) -> dict:
+    """An optimiser's state (one parameter: the images) as per-row tensors (momentum,
+    Adam moments: the images' shape) and the rest (step counts, hyper-parameters)."""
+    st = dict(opt_state.get("state", {}).get(0, {}))
+    rows = {k: v for k, v in st.items() if isinstance(v, torch.Tensor) and v.shape == shape}
+    return {"rows": rows, "other": {k: v for k, v in st.items() if k not in rows},
+            "param_groups": opt_state["param_groups"], "empty": not st}
+
+
+def _join_state(split: dict, rows: dict) -> dict:
+    state = {} if split["empty"] else {0: {**split["other"], **rows}}
+    return {"state": state, "param_groups": split["param_groups"]}
