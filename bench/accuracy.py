@@ -80,6 +80,10 @@ PROTOCOLS = {
     # than a mean's, gain more from a larger real batch than DM does? (grid ``batch``)
     "cpu-v1-b256": {"ipc": 10, "iterations": 1000, "batch_real": 256, "eval_epochs": 300, "runs": 3,
                     "teacher_epochs": 20, "pool_size": 4, "pool_epochs": 5},
+    # LAD at the CPU budget of preset lad-cpu (experts and matching from the preset; the
+    # evaluation budget as cpu-v1's, with the set's learned soft labels and step size)
+    "cpu-lad-v1": {"ipc": 10, "iterations": 200, "batch_real": 0, "eval_epochs": 300, "runs": 3,
+                   "teacher_epochs": 20, "pool_size": 4, "pool_epochs": 5, "preset": "lad-cpu"},
     # a seconds-long check that the runner works end to end (use with --out-dir)
     "smoke": {"ipc": 2, "iterations": 2, "batch_real": 8, "eval_epochs": 1, "runs": 1, "teacher_epochs": 1,
               "pool_size": 1, "pool_epochs": 1},
@@ -109,7 +113,10 @@ METHOD_OVERRIDES = {
 # does (rule in :func:`gradbal_overrides`; measured on training data by bench/grad_balance.py).
 VARIANTS = {"": ([], False), "bf16": (["fast=true", "bf16=true"], False), "bf16-eval": ([], True),
             "tuned": ([], False), "mosaic": ([], False), "gradbal": ([], False),
-            "reversed": (["alpha_head=0.3", "alpha_tail=0.9"], False)}
+            "reversed": (["alpha_head=0.3", "alpha_tail=0.9"], False),
+            # LAD's ablation (the paper's Fig. 6a): without DAM, without Expert Decoupling, both off
+            "no-dam": (["dam=none"], False), "no-ed": (["decoupling=false"], False),
+            "base": (["dam=none", "decoupling=false"], False)}
 SPEED_VARIANTS = ("bf16", "bf16-eval")
 
 
@@ -185,6 +192,10 @@ GRIDS = {  # cells: (imbalance, method, net, labels[, variant[, pipeline]])
     # run with --protocol cpu-v1-b256: dm and csdm with batch_real 256, beside their cpu-v1 rows
     "batch": IF100_DM_CSDM,
     "tuned": [(imb, m, "convnet", "hard", "tuned") for imb in (100, 200, 10) for m in ("dm", "csdm")],
+    # run with --protocol cpu-lad-v1: LAD at IF 100, 10, 200 and its ablation at IF 100; labels
+    # "learned" = the set's own soft labels and step size
+    "lad": [(imb, "lad", "convnet", "learned") for imb in (100, 10, 200)]
+    + [(100, "lad", "convnet", "learned", v) for v in ("no-dam", "no-ed", "base")],
     "smoke": [(100, "random", "convnet", "hard"), (100, "dm", "convnet", "adsa"), (100, "full", "convnet", "hard")],
 }
 KEY_FIELDS = ("dataset", "imbalance", "ipc", "method", "labels", "pipeline", "eval_profile", "net", "protocol")
@@ -305,7 +316,7 @@ def _get_set(path: Path, imb: float, method: str, matcher_method: str, distill_o
                 (proto_name, imb, method, seed) and r["labels"] == "hard"]  # sets saved before the field existed
         return s, float(hard[0]["distill_seconds"]) if hard else float("nan")
     cfg = distill_config(imb, method, proto_name, data_root, seed, pipeline, matcher_method, distill_overrides)
-    if isinstance(cfg.options, MatchConfig):
+    if isinstance(cfg.options, MatchConfig) or method == "lad":
         resumed = path.with_suffix(".ckpt").is_file()  # an interrupted run of this cell: continue it
         if resumed:
             print(f"  resuming from {path.with_suffix('.ckpt')}", flush=True)
@@ -316,7 +327,7 @@ def _get_set(path: Path, imb: float, method: str, matcher_method: str, distill_o
     s = ld.distill(cfg, data, run_prefix=str(path.with_suffix("")))
     seconds = time.perf_counter() - t0
     s.extra["distill_seconds"] = seconds
-    if isinstance(cfg.options, MatchConfig) and resumed:
+    if (isinstance(cfg.options, MatchConfig) or method == "lad") and resumed:
         s.extra["distill_resumed"] = True  # the seconds cover only the part after the checkpoint
     ld.save_set(s, path)
     return s, seconds
@@ -328,6 +339,14 @@ def distill_config(imb: float, method: str, proto_name: str, data_root: str | No
     """The :class:`ltdistill.DistillConfig` a cell distils with (the presets that name a
     cell are tested against this)."""
     proto = PROTOCOLS[proto_name]
+    if (matcher_method or method) == "lad":  # the preset is the recipe: one source of truth
+        from ltdistill.config import load_yaml
+        from ltdistill.methods import config_from_preset
+
+        cfg, _ = config_from_preset(load_yaml(proto.get("preset", "lad-cpu")), "lad")
+        return apply_overrides(cfg, [f"ipc={proto['ipc']}", f"seed={seed}", f"data.imbalance={imb}",
+                                     "data.dataset=cifar10", f"data.data_root={data_root}",
+                                     *(distill_overrides or [])])
     cfg = ld.make_config(matcher_method or method, ipc=proto["ipc"], seed=seed)
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", "data.dataset=cifar10", f"data.data_root={data_root}"])
     if isinstance(cfg.options, MatchConfig):
@@ -394,7 +413,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
         cfg_used = s.config
         if s.extra.get("distill_resumed"):
             extra["distill_resumed"] = True
-        if labels != "hard":
+        if labels not in ("hard", "learned"):  # learned: the set's own labels (lad)
             t, meta = get_teacher(imb, proto_name, data, seed)
             s = label_set(s, t, calibrate="adsa" if labels == "adsa" else "none")
             extra |= {"teacher": {k: meta[k] for k in ("net", "epochs", "acc", "head", "medium", "tail")},
@@ -408,6 +427,10 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
                "distill_seconds": round(distill_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
                "eval_epochs": proto["eval_epochs"], "runs": proto["runs"], "run_accs": [r.acc for r in res.runs],
                "method_config": cfg_used}
+    if method == "lad":
+        extra["syn_lr"] = s.extra.get("syn_lr")
+        extra["lr_source"] = res.config.get("lr_source")
+        extra["method_iterations"] = cfg_used["options"]["iterations"]
     matched = method not in ("random", "full")
     out = {
         "dataset": "cifar10", "imbalance": imb, "ipc": proto["ipc"], "method": method, "labels": labels,

@@ -162,6 +162,8 @@ def build_eval_config(args: argparse.Namespace):
     for k, v in flags.items():
         if v is not None:
             cfg = apply_dict(cfg, {k: v})
+    if getattr(args, "protocol_lr", False) or args.lr is not None:
+        cfg = apply_dict(cfg, {"lr_from_set": False})  # an explicit lr, or the protocol's, wins over the set's
     cfg = apply_overrides(cfg, args.set)
     if cfg.epochs < 1 or cfg.runs < 1 or cfg.batch_size < 1:
         raise ConfigError("epochs, runs and batch_size must be at least 1")
@@ -264,6 +266,34 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     save_teacher(t, args.out)
     print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images, "
           f"{cfg.epochs} epochs, final loss {t['final_loss']:.3f}); wrote {args.out}")
+    return 0
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    """The buffer ``distill --method lad`` with the same presets and overrides will use."""
+    import dataclasses
+
+    from .data import load_lt_data
+    from .experts import train_experts
+    from .utils import resolve_device
+
+    if args.net:
+        args.set = [*(args.set or []), f"options.net={args.net}"]
+    cfg = build_distill_config(args)
+    opts = cfg.options
+    ecfg = dataclasses.replace(opts.experts, net=opts.net, device=str(resolve_device(cfg.device)))
+    d = cfg.data
+    data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download, d.image_size,
+                        d.n_per_class, not args.quiet)
+    t0 = time.perf_counter()
+    path = train_experts(data, ecfg, opts.expert_dir, show_progress=not args.quiet)
+    from .experts import load_expert
+
+    accs = [load_expert(path, k)["train_acc"] for k in range(ecfg.num_experts)]
+    print(f"{ecfg.num_experts} experts ({ecfg.net}, {ecfg.epochs} + {ecfg.cls_epochs} epochs) on {d.dataset}-LT "
+          f"IF {data.imbalance:.4g} in {time.perf_counter() - t0:.1f}s; final training accuracy per expert "
+          f"(stage 1 / stage 2): " + ", ".join(f"{a[ecfg.epochs - 1]:.1f} / {a[-1]:.1f}" for a in accs))
+    print(f"buffer: {path}")
     return 0
 
 
@@ -417,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=float)
     e.add_argument("--batch-size", type=int)
     e.add_argument("--labels", choices=["auto", "hard", "soft"])
+    e.add_argument("--protocol-lr", action="store_true",
+                   help="train with the protocol's lr even when the set learned its own (lad's syn_lr)")
     e.add_argument("--json", help="write the result as JSON here")
     e.add_argument("--plot", metavar="FILE.png", help="per-class accuracy bars, head to tail, mean ± std over runs")
     common(e)
@@ -432,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     common(t)
     t.set_defaults(func=cmd_teacher, runs=None, labels=None)
+
+    xp = sub.add_parser("experts", help="train (or finish) LAD's expert trajectories for a split, cached",
+                        epilog=_registries(), formatter_class=fmt)
+    data_flags(xp)
+    xp.add_argument("--net")
+    common(xp)
+    xp.set_defaults(func=cmd_experts, method="lad", ipc=None, download=False, resume=False)
 
     lb = sub.add_parser("label", help="write a teacher's soft labels (optionally ADSA-calibrated) into a set")
     lb.add_argument("set_path")

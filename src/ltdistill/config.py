@@ -1,8 +1,9 @@
 """Typed configs: dataclasses, YAML presets and validated ``key=value`` overrides.
 
 A config is a (possibly nested) dataclass. Overrides use dotted keys
-(``data.imbalance=50``, ``options.lr_img=10``); a bare key is accepted when it names
-exactly one field anywhere in the tree (``imbalance=50``). Unknown keys and values
+(``data.imbalance=50``, ``options.lr_img=10``); a bare key, or the dotted tail of a key,
+is accepted when it names exactly one field anywhere in the tree (``imbalance=50``,
+``experts.epochs=10`` for ``options.experts.epochs``). Unknown keys and values
 that do not parse as the field's type raise :class:`ConfigError`.
 """
 
@@ -97,7 +98,7 @@ def set_key(cfg: Any, key: str, value: Any) -> Any:
     """Return a copy of ``cfg`` with dotted ``key`` set to ``value`` (validated)."""
     paths = _paths(cfg)
     if key not in paths:
-        matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
+        matches = [p for p in paths if p.endswith("." + key)]  # a bare name, or a dotted tail of one key
         if len(matches) == 1:
             key = matches[0]
         elif len(matches) > 1:
@@ -113,7 +114,7 @@ def set_key(cfg: Any, key: str, value: Any) -> Any:
 def has_key(cfg: Any, key: str) -> bool:
     """Whether :func:`set_key` would find ``key`` (dotted, or a bare name of exactly one field)."""
     paths = _paths(cfg)
-    return key in paths or sum(p.rsplit(".", 1)[-1] == key for p in paths) == 1
+    return key in paths or sum(p.endswith("." + key) for p in paths) == 1
 
 
 def deep_merge(base: dict, update: dict) -> dict:

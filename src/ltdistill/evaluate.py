@@ -63,6 +63,10 @@ class EvalConfig:
     # device per run: no copies, no waits; the augmentation's operation choice stays on the
     # host), "auto" (host on CPU, device elsewhere).
     draws: str = "auto"
+    # A set that learned its training step size (lad: ``extra.syn_lr``) is evaluated with it,
+    # as trajectory matching's protocol does; false: the protocol's own ``lr``. Recorded in
+    # the result (``config.lr`` and ``config.lr_source``).
+    lr_from_set: bool = True
 
 
 @dataclass
@@ -391,7 +395,15 @@ def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False, 
     if use_soft and s.soft_labels is None:
         raise ConfigError("labels=soft requested but the set carries no soft labels")
     x, y = s.training_tensors(soft=use_soft)
-    return evaluate_tensors(x, y, data, cfg, show_progress, tracker)
+    learned = (s.extra or {}).get("syn_lr")
+    source = "protocol"
+    if cfg.lr_from_set and learned is not None:
+        import dataclasses
+
+        cfg, source = dataclasses.replace(cfg, lr=float(learned)), "set"
+    res = evaluate_tensors(x, y, data, cfg, show_progress, tracker)
+    res.config["lr_source"] = source
+    return res
 
 
 def evaluate_full(data: LTData, cfg: EvalConfig, show_progress: bool = False, tracker: Any = None) -> EvalResult:

@@ -1,6 +1,6 @@
 """Method registry. Importing this package registers every built-in method."""
 
-from . import coreset, dm_family  # noqa: F401  (registers the built-in methods)
+from . import coreset, dm_family, lad  # noqa: F401  (registers the built-in methods)
 from .base import (
     METHODS,
     DataConfig,

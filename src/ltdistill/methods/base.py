@@ -200,6 +200,7 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
     t0 = time.perf_counter()
     images, labels, extra = cls().run(data, ctx)
     extra = dict(extra)
+    soft = extra.pop("soft_labels", None)  # a method that learns its labels (lad) returns them here
     extra.setdefault("distill_seconds", time.perf_counter() - t0)
     out = DistilledSet(
         images=images.detach().cpu().float(), labels=labels.cpu().long(),
@@ -207,6 +208,7 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         dataset=data.split_record(), method=cfg.method, config={**to_dict(cfg), "world_size": rank.world_size},
         seed=cfg.seed,
         extra=extra, factor=int(extra.get("factor", 1)), provenance=provenance(),
+        soft_labels=None if soft is None else soft.float(),
     )
     if tracker:
         from ..artifact import tracker_grid
