@@ -273,10 +273,26 @@ def scaling_block(path: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def readme_scaling(path: Path) -> str:
+    """The README's two scaling lines, from ``bench/results/scaling.json``."""
+    if not path.is_file():
+        return "(no `bench/results/scaling.json` yet: run `python bench/scaling.py`)\n"
+    d = json.loads(path.read_text())
+    sp = ", ".join(f"{m} {v['2x1_over_1x1']:.2f}×" for m, v in d["speedup"].items())
+    pr = d["projection_imagenet_lt_8_ranks"]
+    cpu = next(p["projected_s_per_iter"] for p in pr if "projected_s_per_iter" in p)
+    gpu = next(p for p in pr if "projected_s_per_iter_if_host_bound" in p)
+    return (f"Measured (commit {d['commit']}): 2 processes × 1 thread run {sp} as fast as 1 × 1. Projected, "
+            f"ImageNet-LT (1000 classes, 64 px, IPC 10) on 8 ranks: {cpu:.0f} s/iteration on CPU ranks like "
+            f"these; {gpu['projected_s_per_iter_if_host_bound']:.1f}–"
+            f"{gpu['projected_s_per_iter_if_compute_bound']:.1f} s on 8 GPUs (from an older GPU figure).\n")
+
+
 def write_readme_blocks(readme: Path, rows: list[dict], demo_path: Path) -> None:
     text = readme.read_text()
     new = replace_block(text, "results", readme_results(rows))
     new = replace_block(new, "demo", readme_demo(demo_path))
+    new = replace_block(new, "scaling", readme_scaling(RES / "scaling.json"))
     if new != text:
         readme.write_text(new)
         print(f"updated the generated blocks of {readme}")

@@ -263,3 +263,18 @@ def test_lad_bad_options(tmp_path, digits_lt):
         cfg = apply_overrides(ld.make_config("lad", ipc=2, device="cpu"), [*TINY, f"expert_dir={tmp_path}", bad])
         with pytest.raises(ConfigError, match=msg):
             ld.distill(cfg, digits_lt)
+
+
+def test_experts_log_to_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    common = ["--dataset", "digits", "--imbalance", "10", "--device", "cpu", "--quiet",
+              *[a for s in TINY for a in ("-s", s)], "-s", f"expert_dir={tmp_path / 'x'}"]
+    assert main(["experts", *common, "--tensorboard", str(tb)]) == 0
+    ev = EventAccumulator(str(next(tb.rglob("events.out.tfevents.*")).parent))
+    ev.Reload()
+    tags = set(ev.Tags()["scalars"])
+    assert {"experts/0/stage1_acc", "experts/0/stage2_acc", "experts/1/stage1_acc"} <= tags
+    assert [e.step for e in ev.Scalars("experts/0/stage1_acc")] == [1, 2, 3]

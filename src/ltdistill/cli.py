@@ -285,8 +285,12 @@ def cmd_experts(args: argparse.Namespace) -> int:
     d = cfg.data
     data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download, d.image_size,
                         d.n_per_class, not args.quiet)
+    from .tracking import check_extras
+
+    check_extras(args.tensorboard, args.wandb)
     t0 = time.perf_counter()
-    path = train_experts(data, ecfg, opts.expert_dir, show_progress=not args.quiet)
+    with contextlib.closing(_tracker(args, to_dict(cfg), "experts", "experts")) as tracker:
+        path = train_experts(data, ecfg, opts.expert_dir, show_progress=not args.quiet, tracker=tracker)
     from .experts import load_expert
 
     accs = [load_expert(path, k)["train_acc"] for k in range(ecfg.num_experts)]

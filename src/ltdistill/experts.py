@@ -154,8 +154,10 @@ def _epoch(net: torch.nn.Module, params: list[torch.Tensor], x: torch.Tensor, y:
 
 
 def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = None,
-                  show_progress: bool = False) -> Path:
-    """Build (or finish) the expert buffer for ``data`` and return its folder."""
+                  show_progress: bool = False, tracker: Any = None) -> Path:
+    """Build (or finish) the expert buffer for ``data`` and return its folder. ``tracker``
+    (:func:`ltdistill.tracking.make_tracker`) gets each epoch's training accuracy, per expert
+    and stage (``experts/<k>/stage1_acc``, step = epoch)."""
     if cfg.num_experts < 1 or cfg.epochs < 1 or cfg.cls_epochs < 1:
         raise ConfigError("num_experts, epochs and cls_epochs must be at least 1")
     if cfg.batch_size < 1 or cfg.cls_per_class < 1:
@@ -199,6 +201,8 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
                            _values_gen(device, g, seed, "stage1", ep), cfg.bf16, False)
                 rep.append(flat_params(net).cpu())
                 acc.append(round(a, 2))
+                if tracker:
+                    tracker.scalar(f"experts/{k}/stage1_acc", a, ep + 1)
                 _partial(part_file, rep, cls, acc, net, 1, opt)
                 bar.update(1)
                 bar.set_postfix(expert=k, stage=1, epoch=ep + 1, acc=f"{a:.1f}")
@@ -223,6 +227,8 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
                            _values_gen(device, g, seed, "stage2", ep), cfg.bf16, True)
                 cls.append(flat_params(net)[flat.is_classifier.to(device)].cpu())
                 acc.append(round(a, 2))
+                if tracker:
+                    tracker.scalar(f"experts/{k}/stage2_acc", a, ep + 1)
                 _partial(part_file, rep, cls, acc, net, 2, opt)
                 bar.update(1)
                 bar.set_postfix(expert=k, stage=2, epoch=ep + 1, acc=f"{a:.1f}")

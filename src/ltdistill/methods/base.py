@@ -180,20 +180,20 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
     ``tracker`` (:func:`ltdistill.tracking.make_tracker`) receives the loss and learning
     rate at every log step and, every ``image_every`` iterations and at the end, the
     synthetic images as a grid (decoded, de-normalised)."""
+    from ..distributed import current, device_for
+
     validate(cfg)
     cls = METHODS.get(cfg.method)
     if not isinstance(cfg.options, cls.Config):
         raise ConfigError(f"options for {cfg.method!r} must be {cls.Config.__name__}")
+    rank = current()  # an initialised process group (torchrun, or the user's): shard the classes
+    show_progress = show_progress and rank.is_main
     if data is None:
         d = cfg.data
         data = load_lt_data(d.dataset, d.data_root, d.imbalance, d.split_seed, d.download, d.image_size,
                             d.n_per_class, show_progress)
-    from ..distributed import current, device_for
-
-    rank = current()  # an initialised process group (torchrun, or the user's): shard the classes
     device = device_for(rank, resolve_device(cfg.device))
     configure_threads(device, cfg.threads)
-    show_progress = show_progress and rank.is_main
     tracker = tracker if rank.is_main else None
     ctx = RunContext(cfg.ipc, cfg.seed, device, cfg.fill, cfg.options,
                      show_progress, run_prefix, tracker, image_every, rank)

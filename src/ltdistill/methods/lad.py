@@ -123,7 +123,7 @@ class LAD(Method):
             raise ConfigError("lad is not sharded across processes; run it in one process")
         dev, info, C = ctx.device, data.info, data.num_classes
         ecfg = dataclasses.replace(cfg.experts, net=cfg.net, device=str(dev))
-        path = train_experts(data, ecfg, cfg.expert_dir, ctx.show_progress)
+        path = train_experts(data, ecfg, cfg.expert_dir, ctx.show_progress, ctx.tracker)
         check_buffer(path, data, cfg.net)
         experts = [load_expert(path, k) for k in range(ecfg.num_experts)]
         net = init_net(cfg.net, info.channels, C, info.image_size, 0).to(dev)
