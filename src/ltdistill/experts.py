@@ -167,7 +167,6 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
     meta = _meta(data, cfg)
     atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=1).encode())
     device = resolve_device(cfg.device)
-    info, C = data.info, data.num_classes
     x = data.normalize(data.train.images.to(device), device)
     y = data.train.labels.to(device)
     dsa_cfg = DSAConfig(strategy="color_crop_cutout_flip_scale_rotate" if cfg.dsa else "none")
@@ -175,67 +174,74 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
     total = cfg.num_experts * (cfg.epochs + cfg.cls_epochs)
     with progress_bar(total=total, desc="experts", enabled=show_progress) as bar:
         for k in range(cfg.num_experts):
-            done_file, part_file = path / f"expert_{k:03d}.pt", path / f"expert_{k:03d}.partial.pt"
-            if done_file.is_file():
+            if (path / f"expert_{k:03d}.pt").is_file():
                 load_expert(path, k)  # a truncated file is an error, not silently reused
                 bar.update(cfg.epochs + cfg.cls_epochs)
                 continue
-            seed = derive_seed(cfg.seed, "expert", k)
-            net = init_net(cfg.net, info.channels, C, info.image_size, seed).to(device)
-            flat = FlatNet(net)
-            state = torch.load(part_file, map_location="cpu", weights_only=True) if part_file.is_file() else None
-            rep = list(state["rep"]) if state else [flat_params(net).cpu()]
-            cls = list(state["cls"]) if state else []
-            acc = list(state["acc"]) if state else []
-            if state:
-                _load_flat(net, state["current"].to(device))
-            # stage 1: the whole net on the long-tailed split
-            opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-            if state and state.get("stage") == 1 and state.get("opt"):
-                opt.load_state_dict(state["opt"])
-            bar.update(len(rep) - 1 + max(len(cls) - 1, 0))
-            for ep in range(len(rep) - 1, cfg.epochs):
-                g = make_generator(seed, "stage1", ep)
-                batches = list(torch.randperm(len(y), generator=g).split(cfg.batch_size))
-                a = _epoch(net, list(net.parameters()), x, y, batches, opt, dsa_cfg, g,
-                           _values_gen(device, g, seed, "stage1", ep), cfg.bf16, False)
-                rep.append(flat_params(net).cpu())
-                acc.append(round(a, 2))
-                if tracker:
-                    tracker.scalar(f"experts/{k}/stage1_acc", a, ep + 1)
-                _partial(part_file, rep, cls, acc, net, 1, opt)
-                bar.update(1)
-                bar.set_postfix(expert=k, stage=1, epoch=ep + 1, acc=f"{a:.1f}")
-            # stage 2: frozen backbone, the classifier alone on class-balanced batches
-            if not cls:
-                _load_flat(net, rep[-1].to(device))
-                if cfg.cls_reinit:
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(derive_seed(seed, "classifier"))
-                        net.classifier.reset_parameters()
-                cls = [flat_params(net)[flat.is_classifier.to(device)].cpu()]
-            else:
-                _load_flat(net, state["current"].to(device))
-            opt = torch.optim.SGD(net.classifier.parameters(), lr=cfg.cls_lr, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay)
-            if state and state.get("stage") == 2 and state.get("opt"):
-                opt.load_state_dict(state["opt"])
-            for ep in range(len(cls) - 1, cfg.cls_epochs):
-                g = make_generator(seed, "stage2", ep)
-                batches = _balanced_batches(data.train.labels, C, cfg.batch_size, cfg.cls_per_class, steps, g)
-                a = _epoch(net, list(net.classifier.parameters()), x, y, batches, opt, dsa_cfg, g,
-                           _values_gen(device, g, seed, "stage2", ep), cfg.bf16, True)
-                cls.append(flat_params(net)[flat.is_classifier.to(device)].cpu())
-                acc.append(round(a, 2))
-                if tracker:
-                    tracker.scalar(f"experts/{k}/stage2_acc", a, ep + 1)
-                _partial(part_file, rep, cls, acc, net, 2, opt)
-                bar.update(1)
-                bar.set_postfix(expert=k, stage=2, epoch=ep + 1, acc=f"{a:.1f}")
-            atomic_torch_save({"rep": torch.stack(rep), "cls": torch.stack(cls), "train_acc": acc, "seed": seed,
-                               "format": FORMAT}, done_file)
-            part_file.unlink(missing_ok=True)
+            _train_one(k, data, cfg, path, x, y, dsa_cfg, steps, device, bar, tracker)
     return path
+
+
+def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Tensor, y: torch.Tensor,
+               dsa_cfg: DSAConfig, steps: int, device: torch.device, bar: Any, tracker: Any) -> None:
+    """Expert ``k``: both stages, resumed from its partial file when there is one."""
+    info, C = data.info, data.num_classes
+    done_file, part_file = path / f"expert_{k:03d}.pt", path / f"expert_{k:03d}.partial.pt"
+    seed = derive_seed(cfg.seed, "expert", k)
+    net = init_net(cfg.net, info.channels, C, info.image_size, seed).to(device)
+    flat = FlatNet(net)
+    state = torch.load(part_file, map_location="cpu", weights_only=True) if part_file.is_file() else None
+    rep = list(state["rep"]) if state else [flat_params(net).cpu()]
+    cls = list(state["cls"]) if state else []
+    acc = list(state["acc"]) if state else []
+    if state:
+        _load_flat(net, state["current"].to(device))
+
+    def done(stage: int, ep: int, a: float, opt: torch.optim.Optimizer) -> None:
+        """After an epoch: accuracy, tracker, the atomic partial file, the bar."""
+        acc.append(round(a, 2))
+        if tracker:
+            tracker.scalar(f"experts/{k}/stage{stage}_acc", a, ep + 1)
+        _partial(part_file, rep, cls, acc, net, stage, opt)
+        bar.update(1)
+        bar.set_postfix(expert=k, stage=stage, epoch=ep + 1, acc=f"{a:.1f}")
+
+    # stage 1: the whole net on the long-tailed split
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if state and state.get("stage") == 1 and state.get("opt"):
+        opt.load_state_dict(state["opt"])
+    bar.update(len(rep) - 1 + max(len(cls) - 1, 0))
+    for ep in range(len(rep) - 1, cfg.epochs):
+        g = make_generator(seed, "stage1", ep)
+        batches = list(torch.randperm(len(y), generator=g).split(cfg.batch_size))
+        a = _epoch(net, list(net.parameters()), x, y, batches, opt, dsa_cfg, g,
+                   _values_gen(device, g, seed, "stage1", ep), cfg.bf16, False)
+        rep.append(flat_params(net).cpu())
+        done(1, ep, a, opt)
+    # stage 2: frozen backbone, the classifier alone on class-balanced batches
+    if not cls:
+        _load_flat(net, rep[-1].to(device))
+        if cfg.cls_reinit:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(seed, "classifier"))
+                net.classifier.reset_parameters()
+        cls = [flat_params(net)[flat.is_classifier.to(device)].cpu()]
+    else:
+        _load_flat(net, state["current"].to(device))
+    opt = torch.optim.SGD(net.classifier.parameters(), lr=cfg.cls_lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    if state and state.get("stage") == 2 and state.get("opt"):
+        opt.load_state_dict(state["opt"])
+    for ep in range(len(cls) - 1, cfg.cls_epochs):
+        g = make_generator(seed, "stage2", ep)
+        batches = _balanced_batches(data.train.labels, C, cfg.batch_size, cfg.cls_per_class, steps, g)
+        a = _epoch(net, list(net.classifier.parameters()), x, y, batches, opt, dsa_cfg, g,
+                   _values_gen(device, g, seed, "stage2", ep), cfg.bf16, True)
+        cls.append(flat_params(net)[flat.is_classifier.to(device)].cpu())
+        done(2, ep, a, opt)
+    atomic_torch_save({"rep": torch.stack(rep), "cls": torch.stack(cls), "train_acc": acc, "seed": seed,
+                       "format": FORMAT}, done_file)
+    part_file.unlink(missing_ok=True)
 
 
 def _values_gen(device: torch.device, g: torch.Generator, seed: int, *keys: Any) -> torch.Generator:
