@@ -169,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                        "cpu_cores_busy": round(sum(r["cpu_cores_busy"] for r in rs) / n, 2)}
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
+    # the device-resident draws against the host draws (every CPU release's), one process each
+    for m in ("dm", "csdm"):
+        r = _run([*common, "--iters", str(a.iters), "--extra", "draws=host", "--one", m, "per-class"])[0]
+        rec = {"method": m, "path": "per-class-host-draws", "processes": 1, "s_per_iter": round(r["s_per_iter"], 5),
+               "cpu_cores_busy": round(r["cpu_cores_busy"], 2)}
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
     ev = _run(["--data-root", a.data_root, "--device", a.device, "--epochs", str(a.epochs), "--runs", str(a.runs),
                "--one-eval"])[0]
     records.append(ev)
