@@ -353,7 +353,7 @@ def distill_config(imb: float, method: str, proto_name: str, data_root: str | No
         cfg = apply_overrides(cfg, [f"iterations={proto['iterations']}", f"batch_real={proto['batch_real']}",
                                     *METHOD_OVERRIDES.get(method, []), *PIPELINES[pipeline]["distill"],
                                     *(distill_overrides or [])])
-        if cfg.options.extractor == "pool":
+        if cfg.options.extraction.extractor == "pool":
             cfg = apply_overrides(cfg, [f"pool_size={proto['pool_size']}", f"pool_epochs={proto['pool_epochs']}"])
     return cfg
 

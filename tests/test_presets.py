@@ -31,14 +31,15 @@ def test_deep_merge_later_keys_win_key_by_key():
 def test_stacked_presets_keep_the_second_pipeline():
     cfg = _distill_cfg("--preset", "pipeline-ncfm", "--preset", "cpu", "--method", "csdm")
     o = cfg.options
-    assert (o.extractor, o.factor, o.optimizer, o.calib_weight) == ("pool", 2, "adamw", 1.0)
+    assert (o.extraction.extractor, o.synthetic.factor, o.synthetic.optimizer, o.extraction.calib_weight) == (
+        "pool", 2, "adamw", 1.0)
     assert (o.iterations, o.batch_real, o.num_freqs) == (1000, 64, 4096)
 
 
 def test_preset_keys_a_method_lacks_are_skipped_and_named():
     notes: list[str] = []
     cfg = _distill_cfg("--preset", "pipeline-ncfm", "--method", "dm", notes=notes)
-    assert cfg.options.extractor == "pool" and not hasattr(cfg.options, "num_freqs")
+    assert cfg.options.extraction.extractor == "pool" and not hasattr(cfg.options, "num_freqs")
     assert notes == ["preset options not used by method 'dm': num_freqs"]
     notes = []
     cfg = _distill_cfg("--preset", "cpu", "--method", "random", notes=notes)  # random has no options
@@ -68,8 +69,8 @@ def test_split_seed_zero_is_kept():
 
 def test_spectral_defaults_are_the_benchmarked_settings():
     for m in ("mmd", "sdd", "csdm", "ncfm"):
-        assert _distill_cfg("--method", m).options.lr_img == 10.0
-    assert _distill_cfg("--method", "dm").options.lr_img == 1.0
+        assert _distill_cfg("--method", m).options.synthetic.lr_img == 10.0
+    assert _distill_cfg("--method", "dm").options.synthetic.lr_img == 1.0
 
 
 def _cells_of(proto: str, pipeline: str, variants: dict) -> list[str]:
@@ -112,5 +113,5 @@ def test_preset_reproduces_its_benchmark_cells(preset):
 def test_print_config_of_stacked_presets_cli(capsys):
     assert main(["distill", "--preset", "pipeline-ncfm", "--method", "dm", "--print-config"]) == 0
     out = capsys.readouterr()
-    assert json.loads(out.out)["options"]["extractor"] == "pool"
+    assert json.loads(out.out)["options"]["extraction"]["extractor"] == "pool"
     assert "not used by method 'dm': num_freqs" in out.err

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import apply_dict, apply_overrides, list_presets, load_yaml, to_dict, valid_keys
+from .config import apply_dict, apply_overrides, has_key, list_presets, load_yaml, to_dict, valid_keys
 from .errors import ConfigError, LtdError, TrainingError
 
 
@@ -61,7 +61,7 @@ def build_distill_config(args: argparse.Namespace, notes: list[str] | None = Non
     if args.download:
         cfg = apply_dict(cfg, {"data.download": True})
     if args.resume:
-        if "options.resume" not in valid_keys(cfg):
+        if not has_key(cfg, "options.resume"):
             raise ConfigError(f"method {cfg.method!r} is not iterative: nothing to resume")
         cfg = apply_dict(cfg, {"options.resume": True})
     return apply_overrides(cfg, args.set)

@@ -98,23 +98,40 @@ def set_key(cfg: Any, key: str, value: Any) -> Any:
     """Return a copy of ``cfg`` with dotted ``key`` set to ``value`` (validated)."""
     paths = _paths(cfg)
     if key not in paths:
-        matches = [p for p in paths if p.endswith("." + key)]  # a bare name, or a dotted tail of one key
-        if len(matches) == 1:
-            key = matches[0]
-        elif len(matches) > 1:
-            raise ConfigError(f"ambiguous key {key!r}: say one of {matches}")
-        else:
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(paths))}")
+        key = resolve_key(paths, key)
     head, _, rest = key.partition(".")
     if rest:
         return dataclasses.replace(cfg, **{head: set_key(getattr(cfg, head), rest, value)})
     return dataclasses.replace(cfg, **{head: _convert(value, paths[key], key)})
 
 
+def _candidates(paths: dict | list, key: str) -> list[str]:
+    """Keys ``key`` may mean: those ending in it (a bare name or a dotted tail), else those
+    that start with its first part and end with its last (``options.lr_img`` for
+    ``options.synthetic.lr_img``: a key named as it was before sections existed)."""
+    tail = [p for p in paths if p.endswith("." + key)]
+    if tail or "." not in key:
+        return tail
+    first, last = key.split(".", 1)[0], key.rsplit(".", 1)[1]
+    return [p for p in paths if p.startswith(first + ".") and p.endswith("." + last)]
+
+
+def resolve_key(paths: dict, key: str) -> str:
+    """The one full key ``key`` names, or a :class:`ConfigError`."""
+    if key in paths:
+        return key
+    matches = _candidates(paths, key)
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"ambiguous key {key!r}: say one of {matches}")
+    raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(paths))}")
+
+
 def has_key(cfg: Any, key: str) -> bool:
     """Whether :func:`set_key` would find ``key`` (dotted, or a bare name of exactly one field)."""
     paths = _paths(cfg)
-    return key in paths or sum(p.endswith("." + key) for p in paths) == 1
+    return key in paths or len(_candidates(paths, key)) == 1
 
 
 def deep_merge(base: dict, update: dict) -> dict:

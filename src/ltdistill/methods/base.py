@@ -112,7 +112,8 @@ PRESET_META_KEYS = ("eval", "method", "per_method", "reproduces")
 
 def option_keys_of_any_method() -> set[str]:
     """Every option name some registered method has."""
-    return {k for name in METHODS.names() for k in valid_keys(METHODS.get(name).Config())}
+    keys = {k for name in METHODS.names() for k in valid_keys(METHODS.get(name).Config())}
+    return keys | {k.rsplit(".", 1)[-1] for k in keys}  # and their bare names
 
 
 def config_from_preset(preset: dict, method: str | None = None) -> tuple[DistillConfig, list[str]]:

@@ -3,7 +3,7 @@ into the shared loop of :mod:`.matching` (SPEC §3-§4)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from ..discrepancy import (
 from ..errors import ConfigError
 from ..utils import device_generator
 from .base import register_method
-from .matching import DISCREPANCIES, MatchConfig, Matcher, MatchingMethod
+from .matching import DISCREPANCIES, MatchConfig, Matcher, MatchingMethod, SyntheticOptions
 from .parts import uses_device_draws
 
 
@@ -54,7 +54,7 @@ class KernelConfig(MatchConfig):
     - ``sigma`` 1.0 and ``loss_scale`` 300: the same rows.
     """
 
-    lr_img: float = 10.0
+    synthetic: SyntheticOptions = field(default_factory=lambda: SyntheticOptions(lr_img=10.0))
     normalize_features: bool = True
     kernel: str = "rbf"  # rbf or laplace
     sigma: float = 1.0

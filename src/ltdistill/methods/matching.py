@@ -14,7 +14,7 @@ reproduces an uninterrupted one exactly (on CPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,41 +42,44 @@ from .parts import (
 
 
 @dataclass
-class MatchConfig:
-    """Options shared by every distribution-matching method.
+class ExtractionOptions:
+    """The extractor part (``options.extraction``): whose features are matched."""
 
-    ``lr_img`` 1.0 is DM's: the validation search kept it for dm (``tuning.jsonl``: lr 1
-    40.6, 3 39.8, 10 39.3) and the benchmark's dm rows use it. The kernel and spectral
-    methods override it (:class:`~ltdistill.methods.dm_family.KernelConfig`).
-    ``iterations`` / ``batch_real`` are a middle budget; the ``cpu`` preset is the
-    benchmark's (1000 / 64), the dataset presets with ``pipeline-ncfm`` the paper's.
-    """
-
-    iterations: int = 1000
-    batch_real: int = 256
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    optimizer: str = "sgd"  # sgd (DM) or adamw
-    weight_decay: float = 0.0
-    init: str = "real"  # real images of the class, or noise
-    net: str = "convnet"
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    normalize_features: bool = False  # L2-normalise features before the discrepancy
-    loss_scale: float = 1.0
-    checkpoint_every: int = 100  # iterations between atomic checkpoints (0: never)
-    log_every: int = 10
-    resume: bool = False
-    # --- the second pipeline (SPEC §4b, NCFM's); the defaults above are DM's pipeline
-    extractor: str = "random"  # random (fresh init each iteration) or pool (trained, interpolated)
+    extractor: str = "random"  # random (a fresh trunk each iteration, DM's) or pool (trained, interpolated: NCFM's)
     pool_size: int = 20
     pool_epochs: int = 20
     pool_dir: str | None = None  # where trained pools are cached (default: the data cache)
-    factor: int = 1  # multi-formation: each stored image holds factor x factor tiles
-    calib_weight: float = 0.0  # cross-entropy of the trained extractor on the synthetic images
+    calib_weight: float = 0.0  # cross-entropy of the trained extractor on the synthetic images (pool only)
+
+
+@dataclass
+class SyntheticOptions:
+    """The synthetic images and their optimiser (``options.synthetic``).
+
+    ``lr_img`` 1.0 is DM's: the validation search kept it for dm (``tuning.jsonl``: lr 1
+    40.6, 3 39.8, 10 39.3) and the benchmark's dm rows use it. The kernel and spectral
+    methods default to 10 (:class:`~ltdistill.methods.dm_family.KernelConfig`)."""
+
+    init: str = "real"  # real images of the class, or noise
     pixel_space: str = "normalized"  # normalized, or unit ([0, 1], clamped after each step)
-    per_class_steps: bool = False  # one optimiser step per class instead of per iteration
-    # --- speed (SPEC §9 / the speed issue): same loss, faster
+    factor: int = 1  # multi-formation: each stored image holds factor x factor tiles
+    optimizer: str = "sgd"  # sgd (DM) or adamw
+    lr_img: float = 1.0
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+
+
+@dataclass
+class StepOptions:
+    """The step policy (``options.steps``)."""
+
+    per_class_steps: bool = False  # one optimiser step per class instead of one per iteration
+
+
+@dataclass
+class SpeedOptions:
+    """Same loss, faster (``options.speed``; SPEC §9, the GPU-grade loop)."""
+
     # One forward for all classes (falls back per class with batch norm or per-class steps).
     # Off by default: at paper scale on the 2-core CPU, compiled, it measured 0.99x the compiled
     # per-class path's speed for csdm with 2.5x its peak memory (bench/results/throughput.json).
@@ -94,6 +97,40 @@ class MatchConfig:
     # "device" (all classes in one call each on the run's device, no copies), "auto" (host
     # on CPU, device elsewhere). Same seed and device: same set, either way.
     draws: str = "auto"
+
+
+@dataclass
+class RecordOptions:
+    """The recorder (``options.record``): loss log, checkpoints, resume."""
+
+    checkpoint_every: int = 100  # iterations between atomic checkpoints (0: never)
+    log_every: int = 10
+    resume: bool = False
+
+
+@dataclass
+class MatchConfig:
+    """Options shared by every distribution-matching method: the loop's budget and
+    discrepancy settings at the top, one nested section per part of the loop
+    (``extraction``, ``synthetic``, ``steps``, ``speed``, ``record``). A key's bare name
+    still addresses it when unique (``-s lr_img=10``, ``options.lr_img: 10`` in YAML).
+
+    ``iterations`` / ``batch_real`` are a middle budget; the ``cpu`` preset is the
+    benchmark's (1000 / 64), the dataset presets with ``pipeline-ncfm`` the paper's.
+    """
+
+    iterations: int = 1000
+    batch_real: int = 256
+    net: str = "convnet"
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    normalize_features: bool = False  # L2-normalise features before the discrepancy
+    loss_scale: float = 1.0
+    extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
+    synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
+    steps: StepOptions = field(default_factory=StepOptions)
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
+    record: RecordOptions = field(default_factory=RecordOptions)
 
 
 class Matcher:
@@ -141,43 +178,43 @@ class MatchingMethod(Method):
 
 
 def _init_images(data: LTData, ctx: RunContext, cfg: MatchConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stored images (in ``cfg.pixel_space``) and their labels; with factor f each
+    """Stored images (in ``cfg.synthetic.pixel_space``) and their labels; with factor f each
     stored image starts as a mosaic of f*f downsampled real images of its class."""
     info = data.info
-    per = ctx.ipc * cfg.factor**2
+    per = ctx.ipc * cfg.synthetic.factor**2
     picks, labels = [], []
     for c in range(data.num_classes):
         idx = data.train.indices_of(c)
         perm = torch.randperm(len(idx), generator=make_generator(ctx.seed, "init", c))
         picks.append(idx[fill_indices(perm, per, ctx.fill, data.class_names[c])])
         labels += [c] * ctx.ipc
-    if cfg.init == "real":
+    if cfg.synthetic.init == "real":
         x = data.train.images[torch.cat(picks)].float() / 255.0
-        x = encode(x, cfg.factor)
-        if cfg.pixel_space == "normalized":
+        x = encode(x, cfg.synthetic.factor)
+        if cfg.synthetic.pixel_space == "normalized":
             x = data.normalize_float(x)
-    elif cfg.init == "noise":
+    elif cfg.synthetic.init == "noise":
         g = make_generator(ctx.seed, "init-noise")
         x = torch.randn(len(labels), info.channels, info.image_size, info.image_size, generator=g)
-        if cfg.pixel_space == "unit":
+        if cfg.synthetic.pixel_space == "unit":
             x = (x * 0.2 + 0.5).clamp(0, 1)
     else:
-        raise ConfigError(f"init must be 'real' or 'noise', got {cfg.init!r}")
+        raise ConfigError(f"init must be 'real' or 'noise', got {cfg.synthetic.init!r}")
     return x, torch.tensor(labels, dtype=torch.long)
 
 
 def _validate(cfg: MatchConfig) -> None:
     if cfg.iterations < 0 or cfg.batch_real < 1:
         raise ConfigError("iterations must be >= 0 and batch_real >= 1")
-    EXTRACTORS.get(cfg.extractor)
-    if cfg.pixel_space not in ("normalized", "unit"):
-        raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.pixel_space!r}")
-    if cfg.calib_weight > 0 and cfg.extractor != "pool":
+    EXTRACTORS.get(cfg.extraction.extractor)
+    if cfg.synthetic.pixel_space not in ("normalized", "unit"):
+        raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.synthetic.pixel_space!r}")
+    if cfg.extraction.calib_weight > 0 and cfg.extraction.extractor != "pool":
         raise ConfigError("calib_weight > 0 needs extractor=pool (a trained network to calibrate with)")
-    if cfg.sync not in ("auto", "step", "log"):
-        raise ConfigError(f"sync must be auto, step or log, got {cfg.sync!r}")
-    if cfg.optimizer not in ("sgd", "adamw"):
-        raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    if cfg.speed.sync not in ("auto", "step", "log"):
+        raise ConfigError(f"sync must be auto, step or log, got {cfg.speed.sync!r}")
+    if cfg.synthetic.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.synthetic.optimizer!r}")
     uses_device_draws(cfg, torch.device("cpu"))  # validates options.draws
 
 
@@ -195,25 +232,25 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     x0, labels = _init_images(data, ctx, cfg)
     syn = Synthetic(x0, labels, data, cfg, ipc, dev, mine)
     opt = make_image_optimizer([syn.x], cfg)
-    extractor = EXTRACTORS.get(cfg.extractor)(cfg, data, ctx)
+    extractor = EXTRACTORS.get(cfg.extraction.extractor)(cfg, data, ctx)
     matcher = matcher_cls(cfg, data, ctx, extractor.feature_dim)
     if rank.enabled and not matcher.shardable:
         raise ConfigError(f"{matcher_cls.__name__} couples the classes (e.g. ncfm's adversarial sampler): "
                           "it cannot be sharded across processes; run it in one process")
     rec = Recorder(ctx, cfg, data, syn, opt, matcher)
     start = rec.resume()
-    deferred = cfg.sync == "log" or (cfg.sync == "auto" and dev.type != "cpu")
+    deferred = cfg.speed.sync == "log" or (cfg.speed.sync == "auto" and dev.type != "cpu")
     guard = Guard(deferred, syn, opt, dev, start, rec.ckpt, data.class_names)
-    policy = StepPolicy(cfg.per_class_steps, syn, opt, guard)
+    policy = StepPolicy(cfg.steps.per_class_steps, syn, opt, guard)
     draw = make_draws(data, cfg, ctx)
     # The split lives on the run's device (uint8, normalised there per batch): a real batch is
     # gathered where it is used, never assembled on the host and copied.
     real_images = data.train.images.to(dev)
-    work = cfg.iterations * data.num_classes * (cfg.batch_real + ipc * cfg.factor**2) * info.image_size**2
-    embed = maybe_compile(extractor.trunk.embed, should_compile(cfg.compile, work), f"{cfg.net}.embed")
-    mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    one_forward = cfg.fast and not cfg.per_class_steps and not extractor.batchnorm
+    work = cfg.iterations * data.num_classes * (cfg.batch_real + ipc * cfg.synthetic.factor**2) * info.image_size**2
+    embed = maybe_compile(extractor.trunk.embed, should_compile(cfg.speed.compile, work), f"{cfg.net}.embed")
+    mem = torch.channels_last if cfg.speed.channels_last else torch.contiguous_format
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.speed.bf16)
+    one_forward = cfg.speed.fast and not cfg.steps.per_class_steps and not extractor.batchnorm
 
     def real_batch(pick: torch.Tensor, p) -> torch.Tensor:
         return apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p)
@@ -223,9 +260,9 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         if cfg.normalize_features:
             fr, fs = F.normalize(fr, dim=1), F.normalize(fs, dim=1)
         loss = matcher.class_loss(c, fr, fs) * cfg.loss_scale
-        if cfg.calib_weight > 0:
+        if cfg.extraction.calib_weight > 0:
             target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
-            loss = loss + cfg.calib_weight * F.cross_entropy(extractor.calibration(xs), target)
+            loss = loss + cfg.extraction.calib_weight * F.cross_entropy(extractor.calibration(xs), target)
         guard.loss(loss, c)
         return loss
 
@@ -281,8 +318,8 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             policy.after_iteration()
             guard.end(total)
             done = it + 1
-            logs = done % cfg.log_every == 0 or done == cfg.iterations
-            saves = bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0
+            logs = done % cfg.record.log_every == 0 or done == cfg.iterations
+            saves = bool(cfg.record.checkpoint_every) and done % cfg.record.checkpoint_every == 0
             if deferred and (logs or saves):
                 guard.check(done)  # the one host synchronisation, at check points only
                 total = float(total)
@@ -305,4 +342,4 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             rows.update({c: x[i * ipc : (i + 1) * ipc] for i, c in enumerate(classes)})
         images = torch.cat([rows[c] for c in range(data.num_classes)])
     return images, labels, {"final_loss": rec.history[-1]["loss"] if rec.history else None,
-                                  "iterations_run": cfg.iterations - start, "factor": cfg.factor}
+                                  "iterations_run": cfg.iterations - start, "factor": cfg.synthetic.factor}

@@ -3,26 +3,27 @@ made of. Each part owns one decision of the loop and the state that goes with it
 
 - an **extractor** (registry :data:`EXTRACTORS`: ``random`` = a fresh random trunk each
   iteration, DM's; ``pool`` = a fresh trunk interpolated with a trained pool model, NCFM's,
-  which also provides the calibration net) — ``options.extractor``;
+  which also provides the calibration net) — ``options.extraction``;
 - the **synthetic images** (pixel space ``normalized`` or ``unit``, multi-formation factor):
   the learnable tensor and how it becomes network input;
 - the **step policy** (``joint``: one optimiser step per iteration; ``per_class``: one per
-  class) — ``options.per_class_steps``;
+  class) — ``options.steps``;
 - the **discrepancy**: a method's :class:`~ltdistill.methods.matching.Matcher`, one per
   registered method;
 - the **draws** (registry :data:`DRAWS`: ``host`` = every class's real batch and DSA from
   the iteration's CPU generator, class by class, the CPU default and the sets of every
   earlier release; ``device`` = all classes' real batches from one ``rand`` + sort and all
   classes' DSA parameters from one ``rand`` on the run's device, the GPU default) —
-  ``options.draws``;
+  ``options.speed.draws``;
 - the **guard** for NaN/inf (every step, or deferred to check points with a roll-back) —
-  ``options.sync``;
+  ``options.speed.sync``;
 - the **recorder**: loss log, tracker, progress, checkpoints and resume.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -41,10 +42,10 @@ from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_opt
 
 
 def uses_device_draws(cfg: Any, device: torch.device) -> bool:
-    """``options.draws``: ``auto`` draws on the device everywhere but on the CPU."""
-    if cfg.draws not in ("auto", "host", "device"):
-        raise ConfigError(f"draws must be auto, host or device, got {cfg.draws!r}")
-    return cfg.draws == "device" or (cfg.draws == "auto" and device.type != "cpu")
+    """``options.speed.draws``: ``auto`` draws on the device everywhere but on the CPU."""
+    if cfg.speed.draws not in ("auto", "host", "device"):
+        raise ConfigError(f"draws must be auto, host or device, got {cfg.speed.draws!r}")
+    return cfg.speed.draws == "device" or (cfg.speed.draws == "auto" and device.type != "cpu")
 
 
 # ----------------------------------------------------------------------------- extractors
@@ -76,15 +77,15 @@ class PoolExtractor(Extractor):
 
     def __init__(self, cfg: Any, data: LTData, ctx: Any) -> None:
         super().__init__(cfg, data, ctx)
-        if cfg.pool_size < 1 or cfg.pool_epochs < 1:
+        if cfg.extraction.pool_size < 1 or cfg.extraction.pool_epochs < 1:
             raise ConfigError("pool_size and pool_epochs must be at least 1")
         from ..distributed import DistInfo, barrier
 
         dev, rank = ctx.device, getattr(ctx, "dist", None) or DistInfo()
         if not rank.is_main:  # rank 0 trains (and caches) the pool; the others then read it
             barrier("waiting for rank 0 to train the extractor pool")
-        pool = train_pool(data, cfg.net, cfg.pool_size, cfg.pool_epochs, derive_seed(ctx.seed, "pool"), str(dev),
-                          cfg.pool_dir, ctx.show_progress and rank.is_main)
+        pool = train_pool(data, cfg.net, cfg.extraction.pool_size, cfg.extraction.pool_epochs, derive_seed(ctx.seed, "pool"), str(dev),
+                          cfg.extraction.pool_dir, ctx.show_progress and rank.is_main)
         if rank.is_main and rank.enabled:
             barrier("sharing the trained extractor pool")
         self.pool = [{k: v.to(dev) for k, v in m.items()} for m in pool]
@@ -172,15 +173,15 @@ class Synthetic:
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor, data: LTData, cfg: Any, ipc: int,
                  device: torch.device, classes: list[int] | None = None) -> None:
-        if cfg.pixel_space not in ("normalized", "unit"):
-            raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.pixel_space!r}")
+        if cfg.synthetic.pixel_space not in ("normalized", "unit"):
+            raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.synthetic.pixel_space!r}")
         self.classes = list(range(data.num_classes)) if classes is None else list(classes)
         self.pos = {c: i for i, c in enumerate(self.classes)}
         if len(self.classes) != data.num_classes:
             x = torch.cat([x[c * ipc : (c + 1) * ipc] for c in self.classes])
         self.x = x.to(device).requires_grad_(True)
-        self.labels, self.data, self.ipc, self.factor = labels, data, ipc, cfg.factor
-        self.unit = cfg.pixel_space == "unit"
+        self.labels, self.data, self.ipc, self.factor = labels, data, ipc, cfg.synthetic.factor
+        self.unit = cfg.synthetic.pixel_space == "unit"
 
     def to_net(self, x: torch.Tensor) -> torch.Tensor:
         """Stored pixels -> decoded, normalised network input."""
@@ -299,7 +300,8 @@ class StepPolicy:
 
 
 def make_image_optimizer(params: list[torch.Tensor], cfg: Any) -> torch.optim.Optimizer:
-    return make_optimizer(params, cfg.optimizer, cfg.lr_img, cfg.momentum, cfg.weight_decay)
+    o = cfg.synthetic
+    return make_optimizer(params, o.optimizer, o.lr_img, o.momentum, o.weight_decay)
 
 
 # ----------------------------------------------------------------------------- recorder
@@ -313,7 +315,7 @@ class Recorder:
     Shards hold per-class rows, so a run resumes with any number of processes (or one).
     Only rank 0 writes the loss log and talks to the tracker."""
 
-    EXCLUDED = ("iterations", "resume", "checkpoint_every", "log_every", "sync")  # not part of a run's identity
+    EXCLUDED = ("iterations", "record")  # not part of a run's identity (nor speed.sync, below)
 
     def __init__(self, ctx: Any, cfg: Any, data: LTData, syn: Synthetic, opt: torch.optim.Optimizer,
                  matcher: Any) -> None:
@@ -327,8 +329,9 @@ class Recorder:
         self.manifest = prefix.with_name(prefix.name + ".ckpt.json") if prefix else None
         self.shard_dir = prefix.with_name(prefix.name + ".ckpt.d") if prefix else None
         self.log_path = prefix.with_name(prefix.name + ".loss.jsonl") if prefix and self.main else None
-        self.identity = {"dataset": data.split_record(), "ipc": ctx.ipc, "seed": ctx.seed,
-                         "options": {k: v for k, v in vars(cfg).items() if k not in self.EXCLUDED}}
+        options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in self.EXCLUDED}
+        options["speed"] = {k: v for k, v in options["speed"].items() if k != "sync"}
+        self.identity = {"dataset": data.split_record(), "ipc": ctx.ipc, "seed": ctx.seed, "options": options}
         self.start, self.history = 0, []
         self.t0 = time.perf_counter()
 
@@ -353,7 +356,7 @@ class Recorder:
 
     def resume(self) -> int:
         """Load the checkpoint when asked and present; (re)write the loss log; the first iteration."""
-        states = self._states() if self.cfg.resume and self.ckpt is not None else []
+        states = self._states() if self.cfg.record.resume and self.ckpt is not None else []
         if states:
             ipc, rows, opt_rows, shared_opt, history = self.syn.ipc, {}, {}, {}, []
             for st in states:
