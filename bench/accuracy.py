@@ -427,6 +427,9 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
                "distill_seconds": round(distill_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
                "eval_epochs": proto["eval_epochs"], "runs": proto["runs"], "run_accs": [r.acc for r in res.runs],
                "method_config": cfg_used}
+    if method != "full" and res.best_test_acc is not None:  # opt-in test-set selection, labelled
+        extra["best_test_acc"] = res.best_test_acc
+        extra["best_test_selection"] = res.to_dict()["best_test_selection"]
     if method == "lad":
         extra["syn_lr"] = s.extra.get("syn_lr")
         extra["lr_source"] = res.config.get("lr_source")

@@ -86,3 +86,28 @@ def test_bf16_evaluation_learns_close_to_fp32(rand_set, digits_lt):
     assert all(math.isfinite(r.final_loss) for r in bf16.runs)
     assert bf16.acc_mean > 50
     assert abs(bf16.acc_mean - fp32.acc_mean) < 8
+
+
+def test_best_test_selection_is_opt_in_labelled_and_leaves_the_final_number(digits_lt):
+    import dataclasses
+
+    import ltdistill as ld
+    from ltdistill.evaluate import SELECTION_LABEL, format_result
+
+    s = ld.distill(ld.make_config("random", ipc=3, seed=1, device="cpu"), digits_lt)
+    base = ld.EvalConfig(epochs=6, runs=2, compile="off", device="cpu")
+    assert base.selection == "final"
+    final = ld.evaluate_set(s, digits_lt, base)
+    assert final.best_test_acc is None and "best_test_acc" not in final.to_dict()
+    for batched in (False, True):
+        cfg = dataclasses.replace(base, selection="best-test", selection_every=2, batched_runs=batched)
+        best = ld.evaluate_set(s, digits_lt, cfg)
+        if not batched:
+            assert [r.acc for r in best.runs] == [r.acc for r in final.runs]  # the final epoch is untouched
+            assert best.acc_mean == final.acc_mean
+        assert all(r.best_test_acc >= r.acc for r in best.runs)
+        d = best.to_dict()
+        assert d["best_test_acc"] == best.best_test_acc and d["best_test_selection"] == SELECTION_LABEL
+        assert "selected on the test set" in format_result(best, digits_lt.class_names)
+    with pytest.raises(ConfigError, match="selection must be final or best-test"):
+        ld.evaluate_set(s, digits_lt, dataclasses.replace(base, selection="best"))
