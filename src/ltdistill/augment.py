@@ -155,8 +155,8 @@ def sample_dsa_classes(
     if "crop" in used:
         s = torch.tensor([int(h * cfg.crop_ratio + 0.5), int(w * cfg.crop_ratio + 0.5)], device=gv.device)
         derived["crop"] = {"shift": (r[:, :2] * (2 * s + 1)).floor().long().clamp(max=2 * s) - s}
+    ch, cw = int(h * cfg.cutout_ratio + 0.5), int(w * cfg.cutout_ratio + 0.5)
     if "cutout" in used:
-        ch, cw = int(h * cfg.cutout_ratio + 0.5), int(w * cfg.cutout_ratio + 0.5)
         hi = torch.tensor([h + (1 - ch % 2), w + (1 - cw % 2)], device=gv.device)
         derived["cutout"] = {"center": (r[:, :2] * hi).floor().long().clamp(max=hi - 1)}
     if "flip" in used:
@@ -170,7 +170,7 @@ def sample_dsa_classes(
         op = ops[k]
         v = {name: t[c : c + 1] for name, t in derived[op].items()}
         if op == "cutout":
-            v["size"] = torch.tensor([int(h * cfg.cutout_ratio + 0.5), int(w * cfg.cutout_ratio + 0.5)])
+            v["size"] = torch.tensor([ch, cw])
         out.append(DSAParams(op, v))
     return out
 

@@ -159,13 +159,3 @@ def all_gather_objects(obj: Any, what: str = "gathering the shards") -> list[Any
     out: list[Any] = [None] * info.world_size
     _guarded(what, lambda: dist.all_gather_object(out, obj))
     return out
-
-
-def broadcast_object(obj: Any, what: str = "sharing rank 0's value") -> Any:
-    info = current()
-    if not info.enabled:
-        return obj
-    dist = _dist()
-    box = [obj if info.is_main else None]
-    _guarded(what, lambda: dist.broadcast_object_list(box, src=0))
-    return box[0]

@@ -22,7 +22,15 @@ from .compiling import maybe_compile, should_compile
 from .data import LTData
 from .errors import ConfigError, TrainingError
 from .nets import has_batchnorm, init_net
-from .utils import configure_threads, derive_seed, device_generator, make_generator, make_optimizer, resolve_device
+from .utils import (
+    configure_threads,
+    derive_seed,
+    device_generator,
+    draws_on_device,
+    make_generator,
+    make_optimizer,
+    resolve_device,
+)
 
 
 @dataclass
@@ -199,9 +207,7 @@ def train_nets(
     x, y = x.to(device), y.to(device)
     soft = y.ndim == 2
     gens = [make_generator(s, "train") for s in seeds]
-    if cfg.draws not in ("auto", "host", "device"):
-        raise ConfigError(f"draws must be auto, host or device, got {cfg.draws!r}")
-    on_device = cfg.draws == "device" or (cfg.draws == "auto" and device.type != "cpu")
+    on_device = draws_on_device(cfg.draws, device)
     # The values' generators: the host ones, or one per run on the device.
     vgens = [device_generator(device, s, "train-device") for s in seeds] if on_device else gens
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
@@ -291,9 +297,7 @@ def train_nets(
             for net in nets:
                 net.train()
     if batched:
-        with torch.no_grad():
-            for r, net in enumerate(nets):
-                net.load_state_dict({**{k: v[r] for k, v in params.items()}, **{k: v[r] for k, v in buffers.items()}})
+        _unstack(nets, params, buffers)
     return nets, last
 
 

@@ -129,7 +129,7 @@ def _balanced_batches(labels: torch.Tensor, C: int, batch: int, per_class: int, 
     return out
 
 
-def _epoch(net: torch.nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+def _epoch(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
            batches: list[torch.Tensor], opt: torch.optim.Optimizer, dsa_cfg: DSAConfig, g: torch.Generator,
            gv: torch.Generator, bf16: bool, frozen_backbone: bool) -> float:
     """One epoch over ``batches``; the training accuracy (percent)."""
@@ -214,7 +214,7 @@ def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Ten
     for ep in range(len(rep) - 1, cfg.epochs):
         g = make_generator(seed, "stage1", ep)
         batches = list(torch.randperm(len(y), generator=g).split(cfg.batch_size))
-        a = _epoch(net, list(net.parameters()), x, y, batches, opt, dsa_cfg, g,
+        a = _epoch(net, x, y, batches, opt, dsa_cfg, g,
                    _values_gen(device, g, seed, "stage1", ep), cfg.bf16, False)
         rep.append(flat_params(net).cpu())
         done(1, ep, a, opt)
@@ -235,7 +235,7 @@ def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Ten
     for ep in range(len(cls) - 1, cfg.cls_epochs):
         g = make_generator(seed, "stage2", ep)
         batches = _balanced_batches(data.train.labels, C, cfg.batch_size, cfg.cls_per_class, steps, g)
-        a = _epoch(net, list(net.classifier.parameters()), x, y, batches, opt, dsa_cfg, g,
+        a = _epoch(net, x, y, batches, opt, dsa_cfg, g,
                    _values_gen(device, g, seed, "stage2", ep), cfg.bf16, True)
         cls.append(flat_params(net)[flat.is_classifier.to(device)].cpu())
         done(2, ep, a, opt)

@@ -36,6 +36,16 @@ def device_generator(device: torch.device | str, seed: int, *keys: Any) -> torch
     return g
 
 
+def draws_on_device(draws: str, device: torch.device) -> bool:
+    """The ``draws`` option (loop and evaluation): ``host``, ``device``, or ``auto`` (the
+    device everywhere but on the CPU, where host draws keep every earlier release's numbers)."""
+    if draws not in ("auto", "host", "device"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"draws must be auto, host or device, got {draws!r}")
+    return draws == "device" or (draws == "auto" and device.type != "cpu")
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; anything else is taken literally."""
     if device is None or str(device) == "auto":

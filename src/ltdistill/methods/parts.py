@@ -38,14 +38,12 @@ from ..extractors import interpolate_, train_pool
 from ..multiformation import decode
 from ..nets import Reinit, has_batchnorm, init_net
 from ..registry import Registry
-from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, make_optimizer
+from ..utils import atomic_torch_save, atomic_write_bytes, derive_seed, draws_on_device, make_optimizer
 
 
 def uses_device_draws(cfg: Any, device: torch.device) -> bool:
     """``options.speed.draws``: ``auto`` draws on the device everywhere but on the CPU."""
-    if cfg.speed.draws not in ("auto", "host", "device"):
-        raise ConfigError(f"draws must be auto, host or device, got {cfg.speed.draws!r}")
-    return cfg.speed.draws == "device" or (cfg.speed.draws == "auto" and device.type != "cpu")
+    return draws_on_device(cfg.speed.draws, device)
 
 
 # ----------------------------------------------------------------------------- extractors
