@@ -111,3 +111,40 @@ def test_best_test_selection_is_opt_in_labelled_and_leaves_the_final_number(digi
         assert "selected on the test set" in format_result(best, digits_lt.class_names)
     with pytest.raises(ConfigError, match="selection must be final or best-test"):
         ld.evaluate_set(s, digits_lt, dataclasses.replace(base, selection="best"))
+
+
+def test_online_teacher_relabels_batches_except_the_hard_epochs(rand_set, digits_lt, tmp_path):
+    """NCFM's --softlabel: the teacher's softmax on every augmented batch; in the last
+    teacher_hard_epochs epochs the set's own labels. All epochs hard = the plain run, bit for bit."""
+    from ltdistill.teacher import save_teacher, train_teacher
+
+    t = train_teacher(digits_lt, EvalConfig(epochs=2, runs=1, device="cpu"), seed=0)
+    save_teacher(t, tmp_path / "t.pt")
+    base = EvalConfig(epochs=3, runs=1, device="cpu")
+    plain = evaluate_set(rand_set, digits_lt, base)
+    all_hard = evaluate_set(rand_set, digits_lt, dataclasses.replace(base, teacher=str(tmp_path / "t.pt"),
+                                                                     teacher_hard_epochs=3))
+    taught = evaluate_set(rand_set, digits_lt, dataclasses.replace(base, teacher=str(tmp_path / "t.pt"),
+                                                                   teacher_hard_epochs=1))
+    assert all_hard.runs[0].final_loss == plain.runs[0].final_loss and all_hard.acc_mean == plain.acc_mean
+    assert taught.label_track == "teacher" and taught.runs[0].per_class != plain.runs[0].per_class
+    with pytest.raises(ConfigError, match="teacher_hard_epochs"):
+        evaluate_set(rand_set, digits_lt, dataclasses.replace(base, teacher=str(tmp_path / "t.pt"),
+                                                              teacher_hard_epochs=4))
+    from ltdistill.nets import create_net
+
+    save_teacher({**t, "state_dict": create_net("convnet", 1, 5, 8).state_dict()}, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="does not fit"):
+        evaluate_set(rand_set, digits_lt, dataclasses.replace(base, teacher=str(tmp_path / "bad.pt")))
+
+
+def test_evaluation_profiles_are_named_and_later_settings_win():
+    from ltdistill.cli import build_eval_config, build_parser
+
+    args = build_parser().parse_args(["evaluate", "s.pt", "--profile", "ncfm"])
+    cfg = build_eval_config(args)
+    assert (cfg.profile, cfg.optimizer, cfg.cutmix_p, cfg.rrc, cfg.epochs) == ("ncfm", "adamw", 0.5, True, 2000)
+    args = build_parser().parse_args(["evaluate", "s.pt", "--profile", "ncfm", "--preset", "eval-cpu-v1"])
+    assert (build_eval_config(args).epochs, build_eval_config(args).optimizer) == (300, "adamw")
+    dm = build_eval_config(build_parser().parse_args(["evaluate", "s.pt", "--profile", "dm"]))
+    assert dataclasses.replace(dm, profile="dm") == EvalConfig()  # the dm profile is the defaults, written out

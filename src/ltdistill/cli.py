@@ -156,9 +156,11 @@ def _tracker(args: argparse.Namespace, config: dict, name: str, job: str):
 def build_eval_config(args: argparse.Namespace):
     from .evaluate import EvalConfig
 
-    cfg = apply_dict(EvalConfig(), merged_presets(args.preset).get("eval") or {})
+    profile = [f"eval-{args.profile}"] if getattr(args, "profile", None) else []  # first: presets after it win
+    cfg = apply_dict(EvalConfig(), merged_presets(profile + (args.preset or [])).get("eval") or {})
     flags = {"net": args.net, "epochs": args.epochs, "runs": args.runs, "lr": args.lr,
-             "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "labels": args.labels}
+             "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "labels": args.labels,
+             "teacher": getattr(args, "teacher", None)}
     for k, v in flags.items():
         if v is not None:
             cfg = apply_dict(cfg, {k: v})
@@ -451,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=float)
     e.add_argument("--batch-size", type=int)
     e.add_argument("--labels", choices=["auto", "hard", "soft"])
+    e.add_argument("--profile", choices=["dm", "ncfm"],
+                   help="a paper's evaluation recipe (preset eval-<profile>, applied before --preset): dm "
+                        "(SPEC §7, the default settings) or ncfm (NCFM's code: AdamW, CutMix, random-resized crop)")
+    e.add_argument("--teacher", metavar="TEACHER.pt",
+                   help="online soft labels from this teacher (ltdistill teacher) on every augmented batch, "
+                        "as NCFM's --softlabel; -s teacher_hard_epochs=N keeps the set's labels for the last N")
     e.add_argument("--protocol-lr", action="store_true",
                    help="train with the protocol's lr even when the set learned its own (lad's syn_lr)")
     e.add_argument("--json", help="write the result as JSON here")

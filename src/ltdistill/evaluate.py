@@ -37,6 +37,7 @@ from .utils import (
 class EvalConfig:
     """Evaluation hyper-parameters (paper values by default)."""
 
+    profile: str = "dm"  # the paper whose recipe these settings start from: dm (SPEC §7) or ncfm (preset eval-ncfm)
     net: str = "convnet"
     epochs: int = 1000
     lr: float = 0.01
@@ -81,6 +82,12 @@ class EvalConfig:
     # code reports it, labelled so wherever it appears; the final-epoch number is unchanged.
     selection: str = "final"
     selection_every: int = 0  # epochs between test checkpoints for best-test (0: a tenth of the epochs)
+    # Online teacher soft labels (NCFM's ``--softlabel``): a teacher file from ``ltdistill
+    # teacher``; every augmented training batch is labelled by the teacher's softmax instead of
+    # the set's labels, except in the last ``teacher_hard_epochs`` epochs (NCFM: its test
+    # interval, 20), which use the set's own labels. "" (default): no teacher.
+    teacher: str = ""
+    teacher_hard_epochs: int = 0
 
 
 SELECTION_LABEL = "best-test (selected on the test set: not a final-epoch result)"
@@ -93,6 +100,7 @@ class RunResult:
     seconds: float
     final_loss: float
     best_test_acc: float | None = None  # selection=best-test only: the best over test checkpoints
+    test_curve: list[list[float]] | None = None  # selection=best-test only: [epoch, test acc] per checkpoint
 
 
 @dataclass
@@ -121,7 +129,7 @@ class EvalResult:
             "per_class": self.per_class_mean, "groups": self.groups, "groups_std": self.groups_std,
             "labels": self.label_track,
             "runs": [{"acc": r.acc, "per_class": r.per_class, "seconds": r.seconds,
-                      "final_loss": r.final_loss, **({"best_test_acc": r.best_test_acc}
+                      "final_loss": r.final_loss, **({"best_test_acc": r.best_test_acc, "test_curve": r.test_curve}
                                                      if r.best_test_acc is not None else {})} for r in self.runs],
             "config": self.config, "group_classes": self.group_classes,
         }
@@ -188,6 +196,7 @@ def train_nets(
     on_epoch: Any = None,
     test_every: int = 0,
     on_test: Any = None,
+    teacher: torch.nn.Module | None = None,
 ) -> tuple[list[torch.nn.Module], list[float]]:
     """Train one fresh net per seed on the same data, together.
 
@@ -197,6 +206,8 @@ def train_nets(
     norm the R forwards run as one ``torch.func.vmap`` call over stacked weights
     (measured slower than separate forwards on a 2-core CPU; meant for GPUs).
     ``on_epoch(epoch, losses, lr)`` is called after every epoch (1-based) when given.
+    A ``teacher`` net relabels every augmented batch with its softmax (all but the last
+    ``cfg.teacher_hard_epochs`` epochs).
     """
     from torch.func import functional_call, stack_module_state
 
@@ -248,6 +259,7 @@ def train_nets(
         tot, cnt = [0.0] * R, 0
         tot_t = torch.zeros(R, device=device)
         finite = torch.ones((), dtype=torch.bool, device=device)
+        taught = teacher is not None and ep < cfg.epochs - cfg.teacher_hard_epochs
         for i in range(0, n, cfg.batch_size):
             xbs, ybs = [], []
             for r, (g, gv) in enumerate(zip(gens, vgens)):
@@ -260,6 +272,9 @@ def train_nets(
                     xb = random_resized_crop(xb, gv)
                 if cfg.cutmix_p > 0 and float(torch.rand(1, generator=g)) < cfg.cutmix_p:
                     xb, yb = cutmix(xb, yb, g, gv)
+                if taught:
+                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                        yb = F.softmax(teacher(xb).float(), 1)
                 xbs.append(xb)
                 ybs.append(yb)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -358,6 +373,27 @@ def _summarise(runs: list[RunResult], data: LTData, track: str, cfg: EvalConfig)
                       {g: list(cls) for g, cls in data.groups().items()})
 
 
+def _online_teacher(cfg: EvalConfig, data: LTData, device: torch.device) -> torch.nn.Module | None:
+    """The frozen teacher net of ``cfg.teacher`` on ``device`` (None without one)."""
+    if not cfg.teacher:
+        return None
+    from .nets import create_net
+    from .teacher import load_teacher
+
+    if cfg.teacher_hard_epochs < 0 or cfg.teacher_hard_epochs > cfg.epochs:
+        raise ConfigError(f"teacher_hard_epochs must be in [0, epochs={cfg.epochs}], got {cfg.teacher_hard_epochs}")
+    t = load_teacher(cfg.teacher)
+    info = data.info
+    net = create_net(t["net"], info.channels, data.num_classes, info.image_size)
+    try:
+        net.load_state_dict(t["state_dict"])
+    except RuntimeError as e:
+        raise ConfigError(f"teacher {cfg.teacher} ({t['net']}) does not fit {info.name} "
+                          f"({data.num_classes} classes, {info.channels} channels, {info.image_size} px): "
+                          f"{str(e).splitlines()[0]}") from None
+    return net.to(device).eval().requires_grad_(False)
+
+
 def evaluate_tensors(
     x: torch.Tensor, y: torch.Tensor, data: LTData, cfg: EvalConfig, show_progress: bool = False,
     tracker: Any = None,
@@ -390,6 +426,9 @@ def evaluate_tensors(
         raise ConfigError(f"selection must be final or best-test, got {cfg.selection!r}")
     selecting = cfg.selection == "best-test"
     track = "soft" if y.ndim == 2 else "hard"
+    teacher = _online_teacher(cfg, data, device)
+    if teacher is not None:
+        track = "teacher"
     mine = shard(cfg.runs, rank.rank, rank.world_size)
     seeds = [derive_seed(cfg.seed, "run", r) for r in mine]
     groups = ([seeds] if seeds else []) if cfg.batched_runs else [[s] for s in seeds]
@@ -407,18 +446,22 @@ def evaluate_tensors(
             work = cfg.epochs * len(x) * x.shape[-1] * x.shape[-2]  # compile the test forward with the training
             mode = "on" if should_compile(cfg.compile, work) else "off"
             best = [float("-inf")] * len(group)
+            curves: list[list[list[float]]] = [[] for _ in group]
 
-            def on_test(ep, nets, _best=best, _mode=mode):
+            def on_test(ep, nets, _best=best, _mode=mode, _curves=curves):
                 for r, net in enumerate(nets):
-                    _best[r] = max(_best[r], test_accuracy(net, data, device, cfg.test_batch_size, _mode, cfg.bf16)[0])
+                    acc = test_accuracy(net, data, device, cfg.test_batch_size, _mode, cfg.bf16)[0]
+                    _best[r] = max(_best[r], acc)
+                    _curves[r].append([ep, acc])
 
             every = cfg.selection_every or max(1, cfg.epochs // 10)
             nets, last = train_nets(x, y, data, cfg, group, bar, on_epoch, every if selecting else 0,
-                                    on_test if selecting else None)
+                                    on_test if selecting else None, teacher)
         tested = [test_accuracy(net, data, device, cfg.test_batch_size, mode, cfg.bf16) for net in nets]
         dt = (time.perf_counter() - t0) / len(group)
-        runs += [RunResult(acc, per_class, dt, loss, max(b, acc) if selecting else None)
-                 for (acc, per_class), loss, b in zip(tested, last, best)]
+        runs += [RunResult(acc, per_class, dt, loss, max(b, acc) if selecting else None,
+                           [*curve, [cfg.epochs, acc]] if selecting else None)
+                 for (acc, per_class), loss, b, curve in zip(tested, last, best, curves)]
     if rank.enabled:  # every rank's runs, back in run order
         by_run = {}
         for r, got in enumerate(all_gather_objects(runs, "gathering the evaluation runs")):

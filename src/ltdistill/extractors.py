@@ -4,7 +4,9 @@
 trainer: SGD, DSA) and caches their weights as an asset keyed by everything that
 determines them, so runs with the same pool settings reuse it. At each
 distillation iteration one is drawn and mixed with a fresh random init:
-``theta = l * theta_init + (1 - l) * theta_trained``, ``l ~ U(0, 1)``.
+``theta = l * theta_init + (1 - l) * theta_trained``, ``l ~ U(0, 1)``; ``theta_init`` is a
+fresh random trunk (SPEC §4b) or, as NCFM's released code does, the pool model's own saved
+initialisation (:func:`pool_inits`: re-derived from the seed it was trained with).
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def train_pool(data: LTData, net: str, size: int, epochs: int, seed: int, device
                                "dataset": data.split_record()}, path)
             bar.update(1)
     return models[:size]
+
+
+def pool_inits(data: LTData, net: str, size: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The initial weights each pool model of :func:`train_pool` started from (model ``k``
+    is trained by :func:`~ltdistill.evaluate.train_net` with seed ``derive_seed(seed, "pool",
+    k)``, which initialises the net from that seed's ``"init"`` stream): NCFM keeps them as
+    ``premodel<k>_init``; here they are derived again, bit for bit, instead of stored."""
+    from .nets import init_net
+
+    info = data.info
+    return [{n: t.detach().clone() for n, t in init_net(net, info.channels, data.num_classes, info.image_size,
+                                                         derive_seed(derive_seed(seed, "pool", k), "init")).state_dict().items()}
+            for k in range(size)]
 
 
 def interpolate(init: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:

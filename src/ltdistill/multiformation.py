@@ -33,11 +33,12 @@ def decode(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def encode(x: torch.Tensor, factor: int) -> torch.Tensor:
+def encode(x: torch.Tensor, factor: int, resize: str = "area") -> torch.Tensor:
     """Inverse for initialisation: ``N*f*f`` full-size images -> ``N`` mosaics of downsampled tiles.
 
-    Each image is area-downsampled by ``f`` and placed at tile ``(i, j)`` in the order
-    :func:`decode` reads them, so ``decode(encode(x))`` is a blurred ``x``.
+    Each image is downsampled by ``f`` (``area``: the mean of each f x f block; ``nearest``:
+    every f-th pixel, as NCFM's "mix" initialisation resizes) and placed at tile ``(i, j)``
+    in the order :func:`decode` reads them, so ``decode(encode(x))`` is a blurred ``x``.
     """
     if factor == 1:
         return x
@@ -45,7 +46,12 @@ def encode(x: torch.Tensor, factor: int) -> torch.Tensor:
     _check(h, w, factor)
     if m % (factor * factor):
         raise ConfigError(f"encode needs a multiple of {factor * factor} images, got {m}")
-    small = F.avg_pool2d(x, factor)
+    if resize == "area":
+        small = F.avg_pool2d(x, factor)
+    elif resize == "nearest":
+        small = x[:, :, ::factor, ::factor]
+    else:
+        raise ConfigError(f"resize must be 'area' or 'nearest', got {resize!r}")
     n = m // (factor * factor)
     th, tw = h // factor, w // factor
     return small.reshape(n, factor, factor, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)

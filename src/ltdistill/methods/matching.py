@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..augment import apply_dsa
+from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..compiling import maybe_compile, should_compile
 from ..data import LTData
 from ..errors import ConfigError
@@ -50,6 +50,14 @@ class ExtractionOptions:
     pool_epochs: int = 20
     pool_dir: str | None = None  # where trained pools are cached (default: the data cache)
     calib_weight: float = 0.0  # cross-entropy of the trained extractor on the synthetic images (pool only)
+    # How the calibration reaches the images: "fused" (a term of each class's matching loss:
+    # one backward and one step; ltdistill's default, measured in the cpu-v1 benchmark) or
+    # "step" (NCFM's released code, ``iter_calib``: after the matching steps, its own optimiser
+    # step per class — one joint step without per-class steps — on DSA-augmented images).
+    calib_mode: str = "fused"
+    # What a pool model is interpolated with: "fresh" (a new random trunk each iteration,
+    # SPEC §4b) or "saved" (that model's own initialisation, as NCFM's code does).
+    interp_init: str = "fresh"
 
 
 @dataclass
@@ -67,6 +75,15 @@ class SyntheticOptions:
     lr_img: float = 1.0
     momentum: float = 0.5
     weight_decay: float = 0.0
+    # How real images shrink into the tiles of a mosaic at init (factor > 1): "area" (the mean
+    # of each f x f block) or "nearest" (every f-th pixel: NCFM's "mix" initialisation).
+    init_resize: str = "area"
+    # The image learning rate's schedule: "none", or "plateau" (NCFM's code: x plateau_factor
+    # once the iteration's mean class loss has not improved for plateau_patience iterations;
+    # reads the loss every iteration, so a GPU run waits for it each step).
+    lr_schedule: str = "none"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 500
 
 
 @dataclass
@@ -190,7 +207,7 @@ def _init_images(data: LTData, ctx: RunContext, cfg: MatchConfig) -> tuple[torch
         labels += [c] * ctx.ipc
     if cfg.synthetic.init == "real":
         x = data.train.images[torch.cat(picks)].float() / 255.0
-        x = encode(x, cfg.synthetic.factor)
+        x = encode(x, cfg.synthetic.factor, cfg.synthetic.init_resize)
         if cfg.synthetic.pixel_space == "normalized":
             x = data.normalize_float(x)
     elif cfg.synthetic.init == "noise":
@@ -211,6 +228,15 @@ def _validate(cfg: MatchConfig) -> None:
         raise ConfigError(f"pixel_space must be 'normalized' or 'unit', got {cfg.synthetic.pixel_space!r}")
     if cfg.extraction.calib_weight > 0 and cfg.extraction.extractor != "pool":
         raise ConfigError("calib_weight > 0 needs extractor=pool (a trained network to calibrate with)")
+    for name, value, allowed in (("calib_mode", cfg.extraction.calib_mode, ("fused", "step")),
+                                 ("interp_init", cfg.extraction.interp_init, ("fresh", "saved")),
+                                 ("init_resize", cfg.synthetic.init_resize, ("area", "nearest")),
+                                 ("lr_schedule", cfg.synthetic.lr_schedule, ("none", "plateau"))):
+        if value not in allowed:
+            raise ConfigError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}")
+    if cfg.synthetic.lr_schedule == "plateau" and not (0 < cfg.synthetic.plateau_factor < 1
+                                                       and cfg.synthetic.plateau_patience >= 0):
+        raise ConfigError("plateau_factor must be in (0, 1) and plateau_patience >= 0")
     if cfg.speed.sync not in ("auto", "step", "log"):
         raise ConfigError(f"sync must be auto, step or log, got {cfg.speed.sync!r}")
     if cfg.synthetic.optimizer not in ("sgd", "adamw"):
@@ -237,7 +263,11 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     if rank.enabled and not matcher.shardable:
         raise ConfigError(f"{matcher_cls.__name__} couples the classes (e.g. ncfm's adversarial sampler): "
                           "it cannot be sharded across processes; run it in one process")
-    rec = Recorder(ctx, cfg, data, syn, opt, matcher)
+    scheduler = None
+    if cfg.synthetic.lr_schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.synthetic.plateau_factor, patience=cfg.synthetic.plateau_patience)
+    rec = Recorder(ctx, cfg, data, syn, opt, matcher, scheduler)
     start = rec.resume()
     deferred = cfg.speed.sync == "log" or (cfg.speed.sync == "auto" and dev.type != "cpu")
     guard = Guard(deferred, syn, opt, dev, start, rec.ckpt, data.class_names)
@@ -251,6 +281,9 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     mem = torch.channels_last if cfg.speed.channels_last else torch.contiguous_format
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.speed.bf16)
     one_forward = cfg.speed.fast and not cfg.steps.per_class_steps and not extractor.batchnorm
+    fused_calibration = cfg.extraction.calib_weight > 0 and cfg.extraction.calib_mode == "fused"
+    step_calibration = cfg.extraction.calib_weight > 0 and cfg.extraction.calib_mode == "step"
+    calib_dsa = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
 
     def real_batch(pick: torch.Tensor, p) -> torch.Tensor:
         return apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p)
@@ -260,7 +293,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         if cfg.normalize_features:
             fr, fs = F.normalize(fr, dim=1), F.normalize(fs, dim=1)
         loss = matcher.class_loss(c, fr, fs) * cfg.loss_scale
-        if cfg.extraction.calib_weight > 0:
+        if fused_calibration:
             target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
             loss = loss + cfg.extraction.calib_weight * F.cross_entropy(extractor.calibration(xs), target)
         guard.loss(loss, c)
@@ -301,6 +334,31 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         total.backward()
         return total.detach() if deferred else float(total.detach())
 
+    def calibrate(it: int) -> Any:
+        """NCFM's calibration step (``calib_mode=step``): cross-entropy of the iteration's
+        trained model on each class's augmented synthetic images, its own optimiser step per
+        class (one for all classes without per-class steps). Its augmentation comes from its
+        own ``(seed, "calib", it)`` stream, drawn for every class on every rank."""
+        gc = make_generator(ctx.seed, "calib", it)
+        total = torch.zeros((), device=dev) if deferred else 0.0
+        for c in range(data.num_classes):
+            n = ipc * cfg.synthetic.factor**2
+            p = sample_dsa(n, info.image_size, gc, calib_dsa)
+            if c not in syn.pos:  # another rank's class
+                policy.idle_class()
+                continue
+            xs = apply_dsa(syn.of_class(c), p)
+            with amp:
+                out = extractor.calibration(xs)
+            target = torch.full((len(xs),), c, dtype=torch.long, device=dev)
+            loss = cfg.extraction.calib_weight * F.cross_entropy(out.float(), target)
+            guard.loss(loss, c)
+            loss.backward()
+            total = total + loss.detach() if deferred else total + loss.item()
+            policy.after_class()
+        policy.after_iteration()
+        return total
+
     forward = all_at_once if one_forward else per_class
     with progress_bar(total=cfg.iterations, desc=f"distill {ctx.options.__class__.__name__}",
                       enabled=ctx.show_progress) as bar:
@@ -316,6 +374,11 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
             total = forward(draw(it, g))
             matcher.after_backward()
             policy.after_iteration()
+            if step_calibration:
+                total = total + calibrate(it)
+            if scheduler is not None:  # on the mean class loss of every class, read every iteration
+                mean = float(all_reduce_sum(float(total)) if rank.enabled else total) / data.num_classes
+                scheduler.step(mean)
             guard.end(total)
             done = it + 1
             logs = done % cfg.record.log_every == 0 or done == cfg.iterations

@@ -34,7 +34,7 @@ import torch
 from ..augment import DSAConfig, DSAParams, sample_dsa, sample_dsa_classes
 from ..data import LTData
 from ..errors import ConfigError, TrainingError
-from ..extractors import interpolate_, train_pool
+from ..extractors import interpolate_, pool_inits, train_pool
 from ..multiformation import decode
 from ..nets import Reinit, has_batchnorm, init_net
 from ..registry import Registry
@@ -71,7 +71,10 @@ EXTRACTORS.add("random", Extractor)
 
 
 class PoolExtractor(Extractor):
-    """NCFM's: a fresh trunk mixed with one model of a trained pool, ``l ~ U(0, 1)``."""
+    """NCFM's: one model of a trained pool mixed with an initialisation, ``l ~ U(0, 1)``:
+    a fresh random trunk (``interp_init=fresh``, SPEC §4b) or that model's own saved
+    initialisation (``saved``, NCFM's released code). The same model, unmixed, is the
+    iteration's calibration net."""
 
     def __init__(self, cfg: Any, data: LTData, ctx: Any) -> None:
         super().__init__(cfg, data, ctx)
@@ -82,8 +85,15 @@ class PoolExtractor(Extractor):
         dev, rank = ctx.device, getattr(ctx, "dist", None) or DistInfo()
         if not rank.is_main:  # rank 0 trains (and caches) the pool; the others then read it
             barrier("waiting for rank 0 to train the extractor pool")
-        pool = train_pool(data, cfg.net, cfg.extraction.pool_size, cfg.extraction.pool_epochs, derive_seed(ctx.seed, "pool"), str(dev),
+        if cfg.extraction.interp_init not in ("fresh", "saved"):
+            raise ConfigError(f"interp_init must be 'fresh' or 'saved', got {cfg.extraction.interp_init!r}")
+        pool_seed = derive_seed(ctx.seed, "pool")
+        pool = train_pool(data, cfg.net, cfg.extraction.pool_size, cfg.extraction.pool_epochs, pool_seed, str(dev),
                           cfg.extraction.pool_dir, ctx.show_progress and rank.is_main)
+        self.inits = None
+        if cfg.extraction.interp_init == "saved":
+            self.inits = [{k: v.to(dev) for k, v in m.items()}
+                          for m in pool_inits(data, cfg.net, cfg.extraction.pool_size, pool_seed)]
         if rank.is_main and rank.enabled:
             barrier("sharing the trained extractor pool")
         self.pool = [{k: v.to(dev) for k, v in m.items()} for m in pool]
@@ -92,9 +102,14 @@ class PoolExtractor(Extractor):
         self.calibration.requires_grad_(False)
 
     def draw(self, it: int, g: torch.Generator) -> None:
-        super().draw(it, g)
         k = int(torch.randint(len(self.pool), (1,), generator=g))
         lam = float(torch.rand(1, generator=g))
+        if self.inits is None:
+            super().draw(it, g)  # a fresh trunk (its weights come from (seed, it), not from g)
+        else:
+            with torch.no_grad():
+                for name, t in self.trunk.state_dict().items():
+                    t.copy_(self.inits[k][name])
         interpolate_(self.trunk, self.pool[k], lam)
         self.calibration.load_state_dict(self.pool[k])
 
@@ -316,10 +331,11 @@ class Recorder:
     EXCLUDED = ("iterations", "record")  # not part of a run's identity (nor speed.sync, below)
 
     def __init__(self, ctx: Any, cfg: Any, data: LTData, syn: Synthetic, opt: torch.optim.Optimizer,
-                 matcher: Any) -> None:
+                 matcher: Any, scheduler: Any = None) -> None:
         from ..distributed import DistInfo
 
         self.ctx, self.cfg, self.data, self.syn, self.opt, self.matcher = ctx, cfg, data, syn, opt, matcher
+        self.scheduler = scheduler  # the image learning rate's schedule (its state is checkpointed)
         self.dist = getattr(ctx, "dist", None) or DistInfo()
         self.main = self.dist.is_main
         prefix = Path(ctx.run_prefix) if ctx.run_prefix else None
@@ -374,6 +390,8 @@ class Recorder:
             self.opt.load_state_dict(_join_state(shared_opt, {k: torch.cat([opt_rows[c][k] for c in mine])
                                                              for k in shared_opt["rows"]}))
             self.matcher.load_state_dict(states[0]["matcher"])
+            if self.scheduler is not None and states[0].get("scheduler"):
+                self.scheduler.load_state_dict(states[0]["scheduler"])
             self.start, self.history = int(states[0]["iteration"]), list(history)
         if self.log_path is not None:
             atomic_write_bytes(self.log_path, "".join(json.dumps(h) + "\n" for h in self.history).encode())
@@ -407,6 +425,7 @@ class Recorder:
             return
         state = {"iteration": iteration, "images": self.syn.x.detach().cpu(), "classes": self.syn.classes,
                  "optimizer": self.opt.state_dict(), "matcher": self.matcher.state_dict(),
+                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "history": self.history, "identity": self.identity, "world_size": self.dist.world_size}
         if not self.dist.enabled:
             atomic_torch_save(state, self.ckpt)
