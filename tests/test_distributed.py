@@ -65,10 +65,16 @@ def test_the_set_does_not_depend_on_the_number_of_processes(tmp_path, method):
     assert [json.loads(x)["loss"] for x in logs[0]] == [json.loads(x)["loss"] for x in logs[1]]
 
 
-def test_second_pipeline_parts_shard_too(tmp_path):
+CODE = ["-s", "calib_mode=step", "-s", "interp_init=saved", "-s", "lr_schedule=plateau", "-s", "plateau_patience=0",
+        "-s", "init_resize=nearest"]
+
+
+@pytest.mark.parametrize("code", [False, True], ids=["fused", "ncfm-code"])
+def test_second_pipeline_parts_shard_too(code, tmp_path):
     """Pool extractor (rank 0 trains it, the others read it), factor 2, unit pixels,
-    per-class AdamW steps and the calibration term: still the same set."""
-    extra = ["-s", "extractor=pool", "-s", "pool_size=2", "-s", "pool_epochs=1", "-s", f"pool_dir={tmp_path / 'pool'}",
+    per-class AdamW steps and the calibration term (fused, or as NCFM's code: its own steps,
+    with the saved-init interpolation and the plateau schedule): still the same set."""
+    extra = [*(CODE if code else []), "-s", "extractor=pool", "-s", "pool_size=2", "-s", "pool_epochs=1", "-s", f"pool_dir={tmp_path / 'pool'}",
              "-s", "factor=2", "-s", "pixel_space=unit", "-s", "per_class_steps=true", "-s", "optimizer=adamw",
              "-s", "weight_decay=5e-4", "-s", "calib_weight=1", "-s", "lr_img=0.01", "-s", "iterations=3"]
     for n in (1, 2):

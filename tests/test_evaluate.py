@@ -148,3 +148,21 @@ def test_evaluation_profiles_are_named_and_later_settings_win():
     assert (build_eval_config(args).epochs, build_eval_config(args).optimizer) == (300, "adamw")
     dm = build_eval_config(build_parser().parse_args(["evaluate", "s.pt", "--profile", "dm"]))
     assert dataclasses.replace(dm, profile="dm") == EvalConfig()  # the dm profile is the defaults, written out
+
+
+def test_logit_adjusted_loss_by_hand(digits_lt):
+    """logits 0, prior (0.9, 0.1): the adjusted loss of a class-1 sample is -log(0.1), of a
+    class-0 sample -log(0.9); tau 0 is plain cross-entropy; a balanced set's prior is uniform."""
+    from ltdistill.evaluate import label_log_prior, training_loss
+
+    lp = label_log_prior(torch.tensor([0] * 9 + [1]), 2)
+    assert torch.allclose(lp, torch.tensor([0.9, 0.1]).log())
+    z = torch.zeros(2, 2)
+    onehot = torch.eye(2)
+    assert torch.isclose(training_loss(z[:1], onehot[1:], lp, 1.0), -torch.tensor(0.1).log())
+    assert torch.isclose(training_loss(z[:1], onehot[:1], lp, 1.0), -torch.tensor(0.9).log())
+    assert torch.isclose(training_loss(z, onehot, lp, 0.0), torch.tensor(2.0).log())
+    assert torch.allclose(label_log_prior(torch.arange(10).repeat(3), 10), torch.full((10,), 0.1).log())
+    assert torch.allclose(label_log_prior(torch.full((4, 10), 0.1), 10), torch.full((10,), 0.1).log())
+    res = evaluate_full(digits_lt, EvalConfig(epochs=2, runs=1, device="cpu", logit_adjust=1.0))
+    assert res.acc_mean > 10 and res.config["logit_adjust"] == 1.0

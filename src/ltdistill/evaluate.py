@@ -88,6 +88,12 @@ class EvalConfig:
     # interval, 20), which use the set's own labels. "" (default): no teacher.
     teacher: str = ""
     teacher_hard_epochs: int = 0
+    # The logit-adjusted training loss (Menon et al. 2021; 1 = balanced softmax, Ren et al.
+    # 2020): cross-entropy of ``logits + logit_adjust * log(prior)``, the prior being the class
+    # frequencies of the labels trained on; the net is tested on its raw logits. For training on
+    # long-tailed data (a teacher, the whole-LT reference); on a balanced set it changes nothing.
+    # 0 (default): plain cross-entropy.
+    logit_adjust: float = 0.0
 
 
 SELECTION_LABEL = "best-test (selected on the test set: not a final-epoch result)"
@@ -217,6 +223,7 @@ def train_nets(
             for s in seeds]
     x, y = x.to(device), y.to(device)
     soft = y.ndim == 2
+    log_prior = label_log_prior(y, data.num_classes).to(device) if cfg.logit_adjust else None
     gens = [make_generator(s, "train") for s in seeds]
     on_device = draws_on_device(cfg.draws, device)
     # The values' generators: the host ones, or one per run on the device.
@@ -280,7 +287,7 @@ def train_nets(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 outs = (forward(params, buffers, torch.stack(xbs)) if batched
                         else [f(xb) for f, xb in zip(compiled, xbs)])
-            losses = [-(yb * F.log_softmax(out.float(), 1)).sum(1).mean() for out, yb in zip(outs, ybs)]
+            losses = [training_loss(out.float(), yb, log_prior, cfg.logit_adjust) for out, yb in zip(outs, ybs)]
             total = torch.stack(losses).sum()
             if per_batch and not torch.isfinite(total):
                 raise TrainingError(f"evaluation training diverged: loss {total.item()} at epoch {ep}")
@@ -314,6 +321,21 @@ def train_nets(
     if batched:
         _unstack(nets, params, buffers)
     return nets, last
+
+
+def label_log_prior(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """log of the class frequencies of hard (``N``) or soft (``N x C``) labels (floored at 1e-12)."""
+    freq = y.float().mean(0) if y.ndim == 2 else torch.bincount(y, minlength=num_classes).float() / len(y)
+    return freq.clamp(min=1e-12).log()
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, log_prior: torch.Tensor | None = None,
+                  tau: float = 0.0) -> torch.Tensor:
+    """Soft cross-entropy of ``logits`` against target distributions; with ``tau`` and a
+    ``log_prior`` the logit-adjusted loss (``logits + tau * log_prior``)."""
+    if log_prior is not None and tau:
+        logits = logits + tau * log_prior
+    return -(targets * F.log_softmax(logits, 1)).sum(1).mean()
 
 
 def _unstack(nets: list, params: dict, buffers: dict) -> None:
