@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     out += budget_section(rows)
     out += seeds_section(rows)
     out += protocols_section(rows)
+    out += strongest_section(RES / "strongest.jsonl")
     out += lad_section(rows)
     out += ["", "Paper numbers: CSDM paper Table 2 as quoted in SPEC §7 (RTX-class GPU, 10k-20k iterations, "
             "1000-epoch evaluation, 5 runs; NCFM-style pipeline for CSDM/NCFM). They are a different budget "
@@ -291,6 +292,34 @@ def protocols_section(rows: list[dict]) -> list[str]:
             out += ["", "; ".join(gaps) + "."]
         out += ["", ("What best-test selection adds over the final epoch (points): " + ", ".join(adds) + ".") if adds
                 else "Best-test selection not yet recorded for these rows (`–`)."]
+    return out
+
+
+def strongest_section(path: Path) -> list[str]:
+    """Issue 22's search (validation split) and the chosen recipe's test rows, from
+    ``bench/results/strongest.jsonl`` (``bench/strongest.py``)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["protocol"] == "strongest-v1"]
+    if not rows:
+        return []
+
+    def pt(r: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in r["point"].items())
+
+    out = ["", "## The strongest honest set (protocol `strongest-v1`, `bench/strongest.py`)", "",
+           "Every choice on a validation split (20 % of each class of the LT *training* data, class-balanced "
+           "accuracy); the test split scored once per chosen configuration. Search trials, in order:", "",
+           "| recipe | validation balanced acc | tail | distill s | eval s |", "|---|---|---|---|---|"]
+    out += [f"| {pt(r)} | {r['score']:.2f} | {r['tail']:.1f} | {r['distill_seconds']:.0f} | {r['eval_seconds']:.0f} |"
+            for r in rows if r["split"] == "validation"]
+    test = [r for r in rows if r["split"] == "test"]
+    if test:
+        out += ["", "Test split (final epoch, 3 runs; the first row at each IF is the chosen recipe, the others "
+                "remove one ingredient):", "", "| IF | recipe | overall | head | medium | tail |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['imbalance']:g} | {pt(r)} | {fmt(r)} | {r['head']:.1f} | {r['medium']:.1f} | {r['tail']:.1f} |"
+                for r in test]
     return out
 
 

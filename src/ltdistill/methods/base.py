@@ -198,6 +198,7 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
     tracker = tracker if rank.is_main else None
     ctx = RunContext(cfg.ipc, cfg.seed, device, cfg.fill, cfg.options,
                      show_progress, run_prefix, tracker, image_every, rank)
+    origin = provenance()  # the code the run starts with (a checkout may move on during a long run)
     t0 = time.perf_counter()
     images, labels, extra = cls().run(data, ctx)
     extra = dict(extra)
@@ -208,7 +209,7 @@ def distill(cfg: DistillConfig, data: LTData | None = None, show_progress: bool 
         class_names=list(data.class_names), mean=list(data.info.mean), std=list(data.info.std),
         dataset=data.split_record(), method=cfg.method, config={**to_dict(cfg), "world_size": rank.world_size},
         seed=cfg.seed,
-        extra=extra, factor=int(extra.get("factor", 1)), provenance=provenance(),
+        extra=extra, factor=int(extra.get("factor", 1)), provenance=origin,
         soft_labels=None if soft is None else soft.float(),
     )
     if tracker:
