@@ -274,7 +274,7 @@ def protocols_section(rows: list[dict]) -> list[str]:
                                  "epochs, 1 run)"}
             tags = sorted({cell[(m, i)].get("variant", "") for i in (100, 10) if (m, i) in cell})
             tagged = len(tags) == 1 or all(t in ("", "best-test") for t in tags)
-            label = m + (note.get(tags[0], "") if tags and tagged else
+            label = m + ("" if not tags else note.get(tags[0], "") if tagged else
                          " (" + "; ".join(f"IF {i}: {cell[(m, i)].get('variant') or 'default'}" for i in (100, 10)
                                           if (m, i) in cell) + ")")
             out.append(f"| {label} | " + " | ".join(cells) + " |")

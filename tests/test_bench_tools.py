@@ -222,3 +222,55 @@ def test_ablation_lines_subtract_each_group():
     assert "minus sdd: overall -0.1, head -2.4, medium +0.7, tail +1.2" in lines[0]
     assert "α reversed" in lines[1] and "head -4.4" in lines[1] and "tail +3.5" in lines[1]
     assert report.ablation_lines({("csdm", "dm", "default", 100): cell[("csdm", "dm", "default", 100)]}) == []
+
+
+def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget():
+    """bench/strongest.py: one ingredient at a time from the start point, ties to the earlier
+    value; the ablation sets each chosen ingredient back once; a budget over 4x cpu-v1 is refused."""
+    st = _bench("strongest")
+    seen = []
+
+    def score(pt):
+        seen.append(dict(pt))
+        return {"csdm": 2.0}.get(pt["method"], 1.0) + (0.5 if pt["labels"] == "teacher" else 0.0)
+
+    best = st.search(score)
+    assert best == {"method": "csdm", "calibration": "fused", "factor": 2, "labels": "teacher", "eval": "ncfm",
+                    "budget": "1x"}
+    assert seen[0] == {k: v[0] for k, v in st.INGREDIENTS}  # starts at pipeline ncfm's cell
+    assert st.search(lambda pt: None) is None
+    abl = dict(st.ablations(best))
+    assert abl["method: csdm -> dm"]["method"] == "dm" and abl["labels: teacher -> hard"]["labels"] == "hard"
+    assert abl["calibration: fused -> step"]["calibration"] == "step"  # a start value chosen: the next one
+    proto = dict(st.PROTOCOLS["strongest-v1"], max_budget=1000 * 64)
+    with pytest.raises(SystemExit, match="exceeds"):
+        st.recipe({**best, "budget": "4x-batch"}, proto)
+    method, over, ev, labels = st.recipe(best, st.PROTOCOLS["strongest-v1"])
+    assert method == "csdm" and "calib_mode=fused" in over and "factor=2" in over and ev["profile"] == "ncfm"
+
+
+def test_protocol_tables_pick_each_protocols_rows_and_label_best_test():
+    """report.py's two-protocol tables: pipeline dm rows prefer the best-test variant, the
+    code table takes only variant code, pipeline ncfm's random is its mosaic row, and what
+    best-test adds is the difference of the same rows."""
+    report = _bench("report")
+
+    def row(method, imb, pipeline, variant="", acc=40.0, tail=45.0, best=None):
+        r = {"protocol": "cpu-v1", "labels": "hard", "net": "convnet", "seed": 0, "imbalance": imb, "method": method,
+             "pipeline": pipeline, "acc_mean": acc, "acc_std": 0.5, "tail": tail, "eval_epochs": 300}
+        if variant:
+            r["variant"] = variant
+        if best is not None:
+            r["best_test_acc"] = best
+        return r
+
+    rows = [row("dm", 100, "dm", acc=44.0), row("dm", 100, "dm", "best-test", acc=44.5, best=46.0),
+            row("csdm", 100, "dm", "best-test", acc=44.0, tail=50.0, best=45.0),
+            row("random", 100, "ncfm", acc=35.0), row("random", 100, "ncfm", "mosaic", acc=43.0),
+            row("dm", 100, "ncfm", "code", acc=56.0, best=58.5), row("dm", 100, "ncfm", acc=55.0)]
+    text = "\n".join(report.protocols_section(rows))
+    dm_table, code_table, fused_table = text.split("### ")[1:4]
+    assert "| dm | 44.5 ± 0.5 | 45.0 | 46.0 |" in dm_table and "CSDM − DM -0.5 overall, +5.0 on the tail" in dm_table
+    assert "dm IF 100 +1.5" in dm_table and "csdm IF 100 +1.0" in dm_table
+    assert "| dm | 56.0 ± 0.5 | 45.0 | 58.5 |" in code_table and "random | –" in code_table
+    assert "random (its initialisation: factor-2 mosaics) | 43.0" in fused_table and "| dm | 55.0" in fused_table

@@ -1,0 +1,220 @@
+"""The strongest honest set at CIFAR-10-LT IF 100, IPC 10 (issue 22): a search over the
+ingredients the library has, every choice made on a validation split carved from the
+long-tailed *training* data, the test split scored once per chosen configuration.
+
+Protocol ``strongest-v1``: CIFAR-10-LT IF 100; 20 % of every class held out
+(:func:`ltdistill.data.holdout_validation`, seed 0). A trial distils IPC 10 from the other
+80 %, trains ConvNet-3 on the set (the trial's evaluation profile, 300 epochs, 2 runs, final
+epoch) and is scored by its class-balanced accuracy on the held-out 20 %. The search is
+coordinate-wise over ``INGREDIENTS`` in order, from the first value of each (the benchmark's
+pipeline ncfm cell), ties to the earlier value; every trial appends one line to
+``bench/results/strongest.jsonl`` (``split: "validation"``) and finished trials are skipped,
+so the search resumes. Budget caps (issue 22): distillation iterations × batch_real at most 4×
+cpu-v1's (1000 × 64); the teacher (ConvNet-3, logit-adjusted loss τ = 1, ``teacher_epochs``)
+trained on the same training part, well inside 2 hours on 2 cores.
+
+``test`` then scores, on the test split and once each, the chosen recipe (distilled from the
+whole training split, teacher likewise), the chosen recipe with each ingredient set back to
+its first value (the ablation), and the chosen recipe at IF 10 and 200 (no re-tuning):
+``split: "test"`` rows, 3 evaluation runs.
+
+    python bench/strongest.py search --data-root ../shared/datasets/cifar10
+    python bench/strongest.py test --data-root ../shared/datasets/cifar10
+    python bench/strongest.py --protocol smoke search --data-root ... --out /tmp/s.jsonl   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import ltdistill as ld
+from ltdistill.config import apply_overrides
+from ltdistill.data import holdout_validation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import COMMIT, PIPELINES, gradbal_overrides  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "strongest.jsonl"
+SETS = HERE / "sets"
+
+PROTOCOLS = {
+    "strongest-v1": {"imbalance": 100, "fraction": 0.2, "holdout_seed": 0, "ipc": 10, "iterations": 1000,
+                     "batch_real": 64, "pool_size": 4, "pool_epochs": 5, "eval_epochs": 300, "val_runs": 2,
+                     "test_runs": 3, "teacher_epochs": 60, "max_budget": 4 * 1000 * 64},
+    "smoke": {"imbalance": 100, "fraction": 0.2, "holdout_seed": 0, "ipc": 2, "iterations": 2, "batch_real": 8,
+              "pool_size": 1, "pool_epochs": 1, "eval_epochs": 1, "val_runs": 1, "test_runs": 1,
+              "teacher_epochs": 1, "max_budget": 4 * 2 * 8},
+}
+# (ingredient, values) searched in this order; the first value of each is the start point
+# (pipeline ncfm's benchmark cell). Factor 3 is not offered: it does not divide 32 px.
+INGREDIENTS = [
+    ("method", ["dm", "csdm"]),                   # csdm with its gradient-balanced scale (pipeline ncfm)
+    ("calibration", ["fused", "step"]),           # step = NCFM's code (calib_mode=step)
+    ("factor", [2, 4]),                           # multi-formation: 4 or 16 images per stored one
+    ("labels", ["hard", "adsa", "teacher"]),      # ADSA soft labels / online teacher, logit-adjusted teacher
+    ("eval", ["ncfm", "dm"]),                     # evaluation profile
+    ("budget", ["1x", "4x-iterations", "4x-batch"]),
+]
+BUDGETS = {"1x": (1, 1), "4x-iterations": (4, 1), "4x-batch": (1, 4)}
+
+
+def load_rows(path: Path | None = None) -> list[dict]:
+    path = path or RESULTS
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def recipe(point: dict, proto: dict) -> tuple[str, list[str], dict, str]:
+    """(method, distillation overrides, evaluation settings, labels) of a point."""
+    method = point["method"]
+    it_mult, batch_mult = BUDGETS[point["budget"]]
+    iters, batch = proto["iterations"] * it_mult, proto["batch_real"] * batch_mult
+    if iters * batch > proto["max_budget"]:
+        raise SystemExit(f"budget {point['budget']} exceeds 4x cpu-v1 ({iters} x {batch})")
+    over = [*PIPELINES["ncfm"]["distill"], f"pool_size={proto['pool_size']}", f"pool_epochs={proto['pool_epochs']}",
+            f"iterations={iters}", f"batch_real={batch}", f"factor={point['factor']}",
+            f"calib_mode={point['calibration']}"]
+    if method == "csdm":
+        over += gradbal_overrides("csdm")
+    ev = dict(PIPELINES["ncfm"]["eval"]) if point["eval"] == "ncfm" else {"profile": "dm"}
+    return method, over, ev, point["labels"]
+
+
+def key_of(point: dict, proto_name: str, seed: int, split: str, imbalance: float) -> str:
+    return json.dumps([proto_name, seed, split, imbalance, sorted(point.items())])
+
+
+def teacher_for(data, proto: dict, tag: str, seed: int) -> Path:
+    """A ConvNet-3 trained on ``data``'s training split with the logit-adjusted loss (cached)."""
+    h = hashlib.sha256(json.dumps([data.split_record(), proto["teacher_epochs"], seed, tag]).encode()).hexdigest()[:12]
+    path = SETS / f"strongest-teacher-{tag}-{h}.pt"
+    if not path.is_file():
+        from ltdistill.teacher import save_teacher, train_teacher
+
+        SETS.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        print(f"  training the teacher ({proto['teacher_epochs']} epochs, logit-adjusted) ...", flush=True)
+        t = train_teacher(data, ld.EvalConfig(epochs=proto["teacher_epochs"], runs=1, seed=seed, logit_adjust=1.0),
+                          seed)
+        t["train_seconds"] = time.perf_counter() - t0
+        save_teacher(t, path)
+    return path
+
+
+def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imbalance: float | None = None) -> dict:
+    """One configuration, scored on the validation split (``split="validation"``: distilled
+    from the training part) or on the test split (distilled from the whole training split)."""
+    from ltdistill.teacher import label_set, load_teacher
+
+    proto = PROTOCOLS[proto_name]
+    imb = imbalance or proto["imbalance"]
+    full = ld.load_lt_data("cifar10", data_root, imbalance=imb)
+    data = holdout_validation(full, proto["fraction"], proto["holdout_seed"]) if split == "validation" else full
+    method, over, ev, labels = recipe(point, proto)
+    cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
+    cfg = apply_overrides(cfg, [f"data.imbalance={imb}", f"data.data_root={data_root}", *over])
+    t0 = time.perf_counter()
+    s = ld.distill(cfg, data)
+    distill_s = time.perf_counter() - t0
+    runs = proto["val_runs"] if split == "validation" else proto["test_runs"]
+    ecfg = dataclasses.replace(ld.EvalConfig(epochs=proto["eval_epochs"], runs=runs, seed=seed), **ev)
+    extra: dict = {}
+    if labels != "hard":
+        tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed)
+        extra["teacher_seconds"] = round(float(load_teacher(tpath).get("train_seconds", 0.0)), 1)
+        if labels == "adsa":
+            s = label_set(s, load_teacher(tpath), calibrate="adsa")
+        else:  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
+            ecfg = dataclasses.replace(ecfg, teacher=str(tpath), teacher_hard_epochs=max(1, proto["eval_epochs"] // 15))
+    t0 = time.perf_counter()
+    res = ld.evaluate_set(s, data, ecfg)
+    balanced = [sum(r.per_class) / len(r.per_class) for r in res.runs]
+    return {
+        "point": point, "split": split, "imbalance": imb, "score": sum(balanced) / len(balanced),
+        "acc_mean": res.acc_mean, "acc_std": res.acc_std, "run_accs": [r.acc for r in res.runs],
+        "per_class": res.per_class_mean, "head": res.groups["head"], "medium": res.groups["medium"],
+        "tail": res.groups["tail"], "labels_track": res.label_track, "overrides": over, "eval": ev,
+        "distill_seconds": round(distill_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1), **extra,
+        "seed": seed, "protocol": proto_name, "protocol_spec": proto, "commit": COMMIT,
+        "date": dt.date.today().isoformat(), "torch": torch.__version__,
+    }
+
+
+def search(score) -> dict | None:
+    """Coordinate-wise: one ingredient at a time from the current best, ties to the earlier
+    value. ``score(point)`` returns a float, or None when a trial is missing (then None)."""
+    best = {k: vals[0] for k, vals in INGREDIENTS}
+    for k, vals in INGREDIENTS:
+        scored = []
+        for i, v in enumerate(vals):
+            s = score({**best, k: v})
+            if s is None:
+                return None
+            scored.append((s, -i, v))
+        best[k] = max(scored)[2]
+    return best
+
+
+def ablations(best: dict) -> list[tuple[str, dict]]:
+    """The chosen recipe with each chosen ingredient set back to the start value (or, where
+    the start value was chosen, to the next value): one removal at a time."""
+    out = []
+    for k, vals in INGREDIENTS:
+        alt = vals[0] if best[k] != vals[0] else vals[1]
+        out.append((f"{k}: {best[k]} -> {alt}", {**best, k: alt}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS, SETS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["search", "test", "show"])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--protocol", default="strongest-v1", choices=sorted(PROTOCOLS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="results file (default bench/results/strongest.jsonl; sets beside it in sets/)")
+    a = p.parse_args(argv)
+    if a.out:
+        RESULTS, SETS = Path(a.out), Path(a.out).parent / "sets"
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    imb0 = PROTOCOLS[a.protocol]["imbalance"]
+
+    def scored(point: dict, split: str, imb: float, run_it: bool) -> float | None:
+        k = key_of(point, a.protocol, a.seed, split, imb)
+        done = {key_of(r["point"], r["protocol"], r["seed"], r["split"], r["imbalance"]): r for r in load_rows()}
+        if k in done:
+            return done[k]["score"]
+        if not run_it:
+            return None
+        print(f"{split} IF {imb:g}: {point} ...", flush=True)
+        rec = run(point, a.protocol, a.data_root, a.seed, split, imb)
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"  balanced accuracy {rec['score']:.2f} (overall {rec['acc_mean']:.2f}, tail {rec['tail']:.1f})",
+              flush=True)
+        return rec["score"]
+
+    best = search(lambda pt: scored(pt, "validation", imb0, a.stage == "search"))
+    if best is None:
+        raise SystemExit("the validation search has not finished: run `bench/strongest.py search` first")
+    print(json.dumps({"chosen": best}), flush=True)
+    if a.stage == "test":
+        scored(best, "test", imb0, True)
+        for _, pt in ablations(best):
+            scored(pt, "test", imb0, True)
+        for imb in (10, 200):
+            scored(best, "test", imb, True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
