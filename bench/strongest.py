@@ -58,7 +58,7 @@ PROTOCOLS = {
 # (ingredient, values) searched in this order; the first value of each is the start point
 # (pipeline ncfm's benchmark cell). Factor 3 is not offered: it does not divide 32 px.
 INGREDIENTS = [
-    ("method", ["dm", "csdm"]),                   # csdm with its gradient-balanced scale (pipeline ncfm)
+    ("method", ["dm", "csdm", "mix"]),            # csdm (and mix's csdm classes): gradient-balanced scale
     ("calibration", ["fused", "step"]),           # step = NCFM's code (calib_mode=step)
     ("factor", [2, 4]),                           # multi-formation: 4 or 16 images per stored one
     ("labels", ["hard", "adsa", "teacher"]),      # ADSA soft labels / online teacher, logit-adjusted teacher
@@ -83,7 +83,7 @@ def recipe(point: dict, proto: dict) -> tuple[str, list[str], dict, str]:
     over = [*PIPELINES["ncfm"]["distill"], f"pool_size={proto['pool_size']}", f"pool_epochs={proto['pool_epochs']}",
             f"iterations={iters}", f"batch_real={batch}", f"factor={point['factor']}",
             f"calib_mode={point['calibration']}"]
-    if method == "csdm":
+    if method in ("csdm", "mix"):  # mix: dm on the head classes at dm's weight, csdm on the rest
         over += gradbal_overrides("csdm")
     ev = dict(PIPELINES["ncfm"]["eval"]) if point["eval"] == "ncfm" else {"profile": "dm"}
     return method, over, ev, point["labels"]

@@ -145,7 +145,7 @@ def test_every_method_of_the_family_names_a_registered_discrepancy():
     family = [n for n in ld.list_methods() if issubclass(METHODS.get(n), MatchingMethod)]
     assert set(family) >= {"dm", "mmd", "sdd", "csdm", "ncfm"}
     assert {METHODS.get(n).discrepancy for n in family} <= set(list_discrepancies())
-    assert set(list_discrepancies()) == {"linear", "kernel", "sdd", "csdm", "cfd"}
+    assert set(list_discrepancies()) == {"linear", "kernel", "sdd", "csdm", "cfd", "mix"}
 
 
 # The CPU sets of the host path, recorded before the draws became a part (commit f2b6a88):

@@ -125,3 +125,30 @@ def test_bf16_option_is_applied_on_either_path(fast, digits_lt):
     assert torch.isfinite(bf.images).all()
     assert not torch.equal(bf.images, fp.images)
     assert bf.extra["final_loss"] == pytest.approx(fp.extra["final_loss"], rel=0.05)
+
+
+def test_mix_matches_head_classes_with_dm_and_the_rest_with_csdm(digits_lt):
+    """mix's per-class loss is dm's linear MMD on the dm_groups classes (at dm's weight) and
+    csdm's loss on the others (same α map, same frequencies)."""
+    from types import SimpleNamespace
+
+    from ltdistill.discrepancy import csdm_class_loss, linear_mmd
+    from ltdistill.methods.matching import DISCREPANCIES
+
+    cfg = make_config("mix", ipc=2).options
+    ctx = SimpleNamespace(device=torch.device("cpu"), seed=0)
+    m = DISCREPANCIES.get("mix")(cfg, digits_lt, ctx, 16)
+    ref = DISCREPANCIES.get("csdm")(make_config("csdm", ipc=2).options, digits_lt, ctx, 16)
+    g = torch.Generator().manual_seed(1)
+    m.begin(0, torch.Generator().manual_seed(2))
+    real, syn = torch.randn(8, 16, generator=g), torch.randn(4, 16, generator=g)
+    head = digits_lt.groups()["head"]
+    assert m.dm_classes == set(head)
+    for c in range(10):
+        got = m.class_loss(c, real, syn) * cfg.loss_scale  # the loop multiplies by loss_scale
+        want = (linear_mmd(real, syn) if c in head
+                else csdm_class_loss(real, syn, m.w, ref.alphas[c], cfg.eps) * cfg.loss_scale)
+        assert torch.allclose(got, want)
+    with pytest.raises(ConfigError, match="dm_groups"):
+        DISCREPANCIES.get("mix")(apply_overrides(make_config("mix", ipc=2), ["dm_groups=heads"]).options,
+                                 digits_lt, ctx, 16)
