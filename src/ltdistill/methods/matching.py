@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..augment import apply_dsa, sample_dsa
 from ..compiling import maybe_compile, should_compile
 from ..data import LTData
 from ..errors import ConfigError
@@ -283,7 +283,6 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     one_forward = cfg.speed.fast and not cfg.steps.per_class_steps and not extractor.batchnorm
     fused_calibration = cfg.extraction.calib_weight > 0 and cfg.extraction.calib_mode == "fused"
     step_calibration = cfg.extraction.calib_weight > 0 and cfg.extraction.calib_mode == "step"
-    calib_dsa = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
 
     def real_batch(pick: torch.Tensor, p) -> torch.Tensor:
         return apply_dsa(data.normalize(real_images[pick.to(dev)], dev), p)
@@ -341,9 +340,9 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
         own ``(seed, "calib", it)`` stream, drawn for every class on every rank."""
         gc = make_generator(ctx.seed, "calib", it)
         total = torch.zeros((), device=dev) if deferred else 0.0
+        n = ipc * cfg.synthetic.factor**2  # decoded images per class
         for c in range(data.num_classes):
-            n = ipc * cfg.synthetic.factor**2
-            p = sample_dsa(n, info.image_size, gc, calib_dsa)
+            p = sample_dsa(n, info.image_size, gc, draw.dsa)  # the draws' DSA settings
             if c not in syn.pos:  # another rank's class
                 policy.idle_class()
                 continue
