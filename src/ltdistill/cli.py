@@ -542,10 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .distributed import shutdown
+    from .distributed import finish, shutdown
 
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        finish()  # every rank reaches the end before any tears its connections down
+        return rc
     except LtdError as e:
         print(f"ltdistill: error: {e}", file=sys.stderr)
         return 2

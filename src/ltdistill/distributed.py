@@ -92,6 +92,15 @@ def init_from_env(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     return current()
 
 
+def finish() -> None:
+    """The success path's last collective: a rank that tore its connections down while a
+    peer still sent or received (the end of the shards' gather, rank 0 saving) could take
+    gloo's worker threads down with it (``terminate called without an active exception``,
+    SIGABRT, seen once in CI). After this barrier nothing is in flight."""
+    if current().enabled:
+        barrier("the end of the run")
+
+
 def shutdown() -> None:
     dist = _dist()
     if dist is not None and dist.is_initialized():
