@@ -542,20 +542,23 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .distributed import finish, shutdown
+    from .distributed import exit_rank, finish, shutdown
 
+    rc = 1
     try:
         rc = int(args.func(args) or 0)
         finish()  # every rank reaches the end before any tears its connections down
-        return rc
     except LtdError as e:
         print(f"ltdistill: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         print("ltdistill: interrupted", file=sys.stderr)
-        return 130
+        rc = 130
     finally:
-        shutdown()
+        joined = shutdown()
+    if joined:
+        exit_rank(rc)
+    return rc
 
 
 

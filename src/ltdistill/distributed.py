@@ -27,6 +27,7 @@ import torch
 from .errors import TrainingError
 
 T = TypeVar("T")
+_JOINED = False  # the CLI joined the group from torchrun's environment (init_from_env)
 
 
 @dataclass(frozen=True)
@@ -89,22 +90,43 @@ def init_from_env(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
+    global _JOINED
+    _JOINED = True
     return current()
 
 
 def finish() -> None:
-    """The success path's last collective: a rank that tore its connections down while a
-    peer still sent or received (the end of the shards' gather, rank 0 saving) could take
-    gloo's worker threads down with it (``terminate called without an active exception``,
-    SIGABRT, seen once in CI). After this barrier nothing is in flight."""
+    """The success path's last collective: no rank tears its connections down while a peer
+    still sends or receives (the end of the shards' gather, rank 0 saving)."""
     if current().enabled:
         barrier("the end of the run")
 
 
-def shutdown() -> None:
+def shutdown() -> bool:
+    """Destroy the group; True when it was the one :func:`init_from_env` joined."""
+    global _JOINED
     dist = _dist()
     if dist is not None and dist.is_initialized():
         dist.destroy_process_group()
+    joined, _JOINED = _JOINED, False
+    return joined
+
+
+def exit_rank(rc: int) -> None:
+    """End a torchrun rank without interpreter finalisation. A gloo worker thread can still
+    hold a finished collective's work object (its tensors have Python owners) after
+    ``destroy_process_group``; dropped while the interpreter finalises, it takes the GIL
+    and the process aborts (``terminate called without an active exception``, SIGABRT;
+    seen once in CI after a run had finished and saved; pytorch/pytorch#190489). Every
+    file is closed by then; the streams are flushed here."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
 
 
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
