@@ -63,7 +63,7 @@ import torch
 import ltdistill as ld
 from ltdistill.config import apply_overrides
 from ltdistill.methods.matching import MatchConfig
-from ltdistill.utils import resolve_device
+from ltdistill.utils import machine, resolve_device
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "accuracy.jsonl"
@@ -486,6 +486,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
         "distill_seconds": rec["distill_seconds"], "eval_seconds": rec["eval_seconds"], "seed": seed,
         "commit": COMMIT, "date": dt.date.today().isoformat(), "protocol": proto_name,
         "run_accs": rec["run_accs"], "method_config": rec["method_config"], "torch": torch.__version__,
+        "machine": machine(),
     }
     if variant:
         out["variant"] = variant
@@ -502,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imbalance", type=float, action="append",
                    help="run only the grid's cells at this imbalance factor (repeatable)")
     p.add_argument("--net", action="append", help="run only the grid's cells with this evaluation net (repeatable)")
+    p.add_argument("--method", action="append", help="run only the grid's cells of this method (repeatable)")
     p.add_argument("--out-dir", help="write results and sets here instead of bench/results and bench/sets")
     args = p.parse_args(argv)
     if args.out_dir:
@@ -513,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for c in cells if c[0] in args.imbalance]
     if args.net:
         cells = [c for c in cells if c[2] in args.net]
+    if args.method:
+        cells = [c for c in cells if c[1] in args.method]
     if args.full_reference:
         cells += [(imb, "full", "convnet", "hard") for imb in sorted({c[0] for c in cells})]
     SETS.mkdir(parents=True, exist_ok=True)

@@ -194,3 +194,56 @@ def provenance() -> dict:
 
         _PROVENANCE = {"library_version": __version__, "commit": git_commit()}
     return dict(_PROVENANCE)
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether bfloat16 runs natively on ``device``: a CUDA GPU that supports it, or a CPU
+    whose oneDNN has bf16 kernels (AVX-512 or AMX). Elsewhere (an AVX2-only CPU) autocast
+    emulates it: a ConvNet-3 training step measured 10x slower than float32
+    (``bench/bf16.py``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def resolve_bf16(value: bool | str, device: torch.device | str, key: str = "bf16") -> bool:
+    """``auto`` -> :func:`native_bf16`; ``true`` on a device without native bfloat16 warns
+    (it is slower there, not faster)."""
+    import warnings
+
+    from .errors import ConfigError
+
+    if isinstance(value, str):
+        if value.lower() != "auto":
+            raise ConfigError(f"{key} must be true, false or auto, got {value!r}")
+        return native_bf16(device)
+    if value and not native_bf16(device):
+        warnings.warn(f"{key}=true on {torch.device(device).type} without native bfloat16 "
+                      f"({machine()}): autocast emulates it and runs slower than float32; "
+                      f"{key}=auto picks float32 here", stacklevel=3)
+    return bool(value)
+
+
+def machine() -> str:
+    """The CPU (and GPU, when there is one) that results were measured on."""
+    import platform
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or cpu
+    out = f"{cpu}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+    if torch.cuda.is_available():
+        out += f"; {torch.cuda.get_device_name(0)}"
+    return out
+
