@@ -9,6 +9,7 @@ carries soft labels). Only the final epoch is tested: never the best over test.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .utils import (
     draws_on_device,
     make_generator,
     make_optimizer,
+    resolve_bf16,
     resolve_device,
 )
 
@@ -65,7 +67,7 @@ class EvalConfig:
     # protocol measured 2.1x faster than eager on the 2-core CPU), on or off; falls back to eager if compilation fails.
     compile: str = "auto"
     # bfloat16 autocast for the training and test forwards (weights and optimiser stay fp32).
-    bf16: bool = False
+    bf16: bool | str = False  # bfloat16 autocast: true, false or auto (where native: GPU, AVX-512/AMX CPU)
     threads: int = 0  # CPU threads; 0: all cores on CPU, 2 when training on a GPU
     # Where batch orders and augmentation parameters are drawn: "host" (each run's CPU
     # generator: the CPU results of every release), "device" (a generator on the training
@@ -438,12 +440,11 @@ def evaluate_tensors(
     rank = current()
     device = device_for(rank, resolve_device(cfg.device))
     if rank.enabled:
-        import dataclasses
-
         if device.type == "cuda":
             cfg = dataclasses.replace(cfg, device=str(device))  # this rank's GPU
         show_progress, tracker = show_progress and rank.is_main, tracker if rank.is_main else None
     configure_threads(device, cfg.threads)
+    cfg = dataclasses.replace(cfg, bf16=resolve_bf16(cfg.bf16, device))  # auto, or a warning where it is slow
     if cfg.selection not in ("final", "best-test"):
         raise ConfigError(f"selection must be final or best-test, got {cfg.selection!r}")
     selecting = cfg.selection == "best-test"
@@ -514,8 +515,6 @@ def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False, 
     learned = (s.extra or {}).get("syn_lr")
     source = "protocol"
     if cfg.lr_from_set and learned is not None:
-        import dataclasses
-
         cfg, source = dataclasses.replace(cfg, lr=float(learned)), "set"
     res = evaluate_tensors(x, y, data, cfg, show_progress, tracker)
     res.config["lr_source"] = source

@@ -36,7 +36,15 @@ from .errors import ConfigError, DataError
 from .nets import init_net
 from .progress import progress_bar
 from .trajectory import FlatNet, flat_params
-from .utils import atomic_torch_save, atomic_write_bytes, derive_seed, device_generator, make_generator, resolve_device
+from .utils import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    derive_seed,
+    device_generator,
+    make_generator,
+    resolve_bf16,
+    resolve_device,
+)
 
 FORMAT = "ltdistill-experts-v1"
 
@@ -60,13 +68,24 @@ class ExpertConfig:
     net: str = "convnet"
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True  # bfloat16 autocast for the expert forwards (measured 1.7x faster on the 2-core CPU)
+    # bfloat16 autocast for the expert forwards: auto = where it is native (a GPU, an AVX-512 or
+    # AMX CPU: measured 1.7x faster on the 2-core Zen 4), float32 elsewhere (an AVX2-only CPU:
+    # 10x slower emulated; bench/bf16.py). The buffer records (and is keyed by) what it ran.
+    bf16: bool | str = "auto"
+
+
+def resolved(cfg: ExpertConfig, device: torch.device | str | None = None) -> ExpertConfig:
+    """``cfg`` with ``bf16: auto`` resolved for the device it trains on."""
+    from dataclasses import replace
+
+    return replace(cfg, bf16=resolve_bf16(cfg.bf16, device or resolve_device(cfg.device), "experts.bf16"))
 
 
 def buffer_dir(data: LTData, cfg: ExpertConfig, root: str | Path | None = None) -> Path:
     """Where a buffer for ``data`` and ``cfg`` lives: keyed by everything that determines it."""
     from .data.sources import cache_dir
 
+    cfg = resolved(cfg) if isinstance(cfg.bf16, str) else cfg  # keyed by the precision it trains in
     key = {"dataset": data.split_record(), "config": {k: v for k, v in asdict(cfg).items()
                                                       if k not in ("device", "num_experts")}, "format": FORMAT}
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -162,11 +181,12 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
         raise ConfigError("num_experts, epochs and cls_epochs must be at least 1")
     if cfg.batch_size < 1 or cfg.cls_per_class < 1:
         raise ConfigError("batch_size and cls_per_class must be at least 1")
+    device = resolve_device(cfg.device)
+    cfg = resolved(cfg, device)
     path = buffer_dir(data, cfg, root)
     path.mkdir(parents=True, exist_ok=True)
     meta = _meta(data, cfg)
     atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=1).encode())
-    device = resolve_device(cfg.device)
     x = data.normalize(data.train.images.to(device), device)
     y = data.train.labels.to(device)
     dsa_cfg = DSAConfig(strategy="color_crop_cutout_flip_scale_rotate" if cfg.dsa else "none")

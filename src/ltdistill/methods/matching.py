@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..multiformation import encode
 from ..progress import progress_bar
 from ..registry import Registry
-from ..utils import make_generator
+from ..utils import make_generator, resolve_bf16
 from .base import Method, RunContext, fill_indices
 from .parts import (
     EXTRACTORS,
@@ -102,7 +102,7 @@ class SpeedOptions:
     # per-class path's speed for csdm with 2.5x its peak memory (bench/results/throughput.json).
     fast: bool = False
     channels_last: bool = True
-    bf16: bool = False  # bfloat16 autocast for the trunk forwards, either path (changes numerics slightly)
+    bf16: bool | str = False  # bfloat16 autocast for the trunk forwards (true, false or auto = where native; changes numerics slightly)
     compile: str = "auto"  # torch.compile the trunk: auto (long runs), on or off; eager fallback
     # When NaN/inf is looked for and the loss read back to the host: "step" (every iteration,
     # stops before the bad step), "log" (at log and checkpoint points only, so an iteration
@@ -279,7 +279,7 @@ def run_matching(matcher_cls: type[Matcher], data: LTData, ctx: RunContext):
     work = cfg.iterations * data.num_classes * (cfg.batch_real + ipc * cfg.synthetic.factor**2) * info.image_size**2
     embed = maybe_compile(extractor.trunk.embed, should_compile(cfg.speed.compile, work), f"{cfg.net}.embed")
     mem = torch.channels_last if cfg.speed.channels_last else torch.contiguous_format
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.speed.bf16)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=resolve_bf16(cfg.speed.bf16, dev))
     one_forward = cfg.speed.fast and not cfg.steps.per_class_steps and not extractor.batchnorm
     fused_calibration = cfg.extraction.calib_weight > 0 and cfg.extraction.calib_mode == "fused"
     step_calibration = cfg.extraction.calib_weight > 0 and cfg.extraction.calib_mode == "step"
