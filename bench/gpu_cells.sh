@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The benchmark cells still open (issues 16 and 21), most wanted first, for a lent GPU's
+# 15 minutes: each line is one bench/accuracy.py call under one shared deadline, so running
+# out of time loses only the cell in progress. The committed rows are copied in first (so done
+# cells are skipped); only the rows this run adds come back, as $OUT/new_rows.jsonl (append
+# them to bench/results/accuracy.jsonl, then run bench/report.py). Every row records its
+# machine. IF 100 only: the data copy (34 MB, the exact IF-100 split) is what fits the 64 MiB
+# the working tree may carry; an IF-10 or IF-200 copy (`lt_subset_tar.py … 10`) does not fit
+# beside it, so those cells stay on the CPU (or a later session carries that copy instead):
+#
+#   python3 ../shared/tools/lt_subset_tar.py ../shared/datasets/cifar10 .gpu/cifar10
+#   echo /.gpu/ >> .git/info/exclude
+#   device run (carry .gpu):  BUDGET_S=480 bash bench/gpu_cells.sh
+#
+# CPU check of the script itself: CELLS=smoke BUDGET_S=300 OUT=/tmp/o bash bench/gpu_cells.sh
+set -u
+DATA=${DATA:-.gpu/cifar10}
+OUT=${OUT:-/tmp/gpu-cells-out}
+W=${WORK:-/tmp/gpu-cells}
+PY=${PYTHON:-python3}
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "$OUT" "$W"
+cp bench/results/accuracy.jsonl "$W/accuracy.jsonl"
+n0=$(wc -l < "$W/accuracy.jsonl")
+deadline=$((SECONDS + ${BUDGET_S:-480}))
+
+cell() {  # one accuracy.py call, stopped at the deadline
+  local left=$((deadline - SECONDS))
+  if [ "$left" -le 20 ]; then echo "skipped (no time left): $*" | tee -a "$OUT/cells.log"; return 0; fi
+  echo "== $* (${left}s left)" | tee -a "$OUT/cells.log"
+  timeout "$left" "$PY" bench/accuracy.py --data-root "$DATA" --out-dir "$W" "$@" 2>&1 | tail -n 40 >> "$OUT/cells.log"
+}
+
+if [ "${CELLS:-open}" = smoke ]; then
+  cell --grid smoke --protocol smoke
+else
+  cell --grid lad --protocol cpu-lad-v1 --imbalance 100            # issue 16: no-ed, base
+  cell --grid protocols --imbalance 100 --method random --method dm --method csdm   # issue 21
+  cell --grid protocols --imbalance 100 --method ncfm
+fi
+tail -n +$((n0 + 1)) "$W/accuracy.jsonl" > "$OUT/new_rows.jsonl"
+echo "$(wc -l < "$OUT/new_rows.jsonl") new rows in $OUT/new_rows.jsonl" | tee -a "$OUT/cells.log"
