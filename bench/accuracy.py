@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only the grid's cells at this imbalance factor (repeatable)")
     p.add_argument("--net", action="append", help="run only the grid's cells with this evaluation net (repeatable)")
     p.add_argument("--method", action="append", help="run only the grid's cells of this method (repeatable)")
+    p.add_argument("--variant", action="append",
+                   help="run only the grid's cells of this variant (repeatable; '' = no variant)")
     p.add_argument("--out-dir", help="write results and sets here instead of bench/results and bench/sets")
     args = p.parse_args(argv)
     if args.out_dir:
@@ -517,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for c in cells if c[2] in args.net]
     if args.method:
         cells = [c for c in cells if c[1] in args.method]
+    if args.variant:
+        cells = [c for c in cells if (c[4] if len(c) > 4 else "") in args.variant]
     if args.full_reference:
         cells += [(imb, "full", "convnet", "hard") for imb in sorted({c[0] for c in cells})]
     SETS.mkdir(parents=True, exist_ok=True)
