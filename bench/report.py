@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     out += budget_section(rows)
     out += seeds_section(rows)
     out += protocols_section(rows)
-    out += strongest_section(RES / "strongest.jsonl")
+    out += strongest_section(RES / "strongest.jsonl", rows)
     out += lad_section(rows)
     out += ["", "Paper numbers: CSDM paper Table 2 as quoted in SPEC §7 (RTX-class GPU, 10k-20k iterations, "
             "1000-epoch evaluation, 5 runs; NCFM-style pipeline for CSDM/NCFM). They are a different budget "
@@ -295,7 +295,7 @@ def protocols_section(rows: list[dict]) -> list[str]:
     return out
 
 
-def strongest_section(path: Path) -> list[str]:
+def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[str]:
     """Issue 22's search (validation split) and the chosen recipe's test rows, from
     ``bench/results/strongest.jsonl`` (``bench/strongest.py``)."""
     if not path.is_file():
@@ -316,11 +316,67 @@ def strongest_section(path: Path) -> list[str]:
             for r in rows if r["split"] == "validation"]
     test = [r for r in rows if r["split"] == "test"]
     if test:
-        out += ["", "Test split (final epoch, 3 runs; the first row at each IF is the chosen recipe, the others "
-                "remove one ingredient):", "", "| IF | recipe | overall | head | medium | tail |", "|---|---|---|---|---|---|"]
-        out += [f"| {r['imbalance']:g} | {pt(r)} | {fmt(r)} | {r['head']:.1f} | {r['medium']:.1f} | {r['tail']:.1f} |"
-                for r in test]
+        chosen = test[0]["point"]  # the test stage scores the chosen recipe first (bench/strongest.py)
+
+        def change(r: dict) -> str:
+            diff = [f"{k}: {chosen[k]} → {v}" for k, v in r["point"].items() if chosen.get(k) != v]
+            return "; ".join(diff) or "**chosen recipe**"
+
+        out += ["", "Test split (final epoch, 3 runs), scored once each: the chosen recipe at IF 100, the same "
+                f"recipe with one ingredient changed (the ablation), and the chosen recipe at IF 10 and 200 (no "
+                f"re-tuning). Chosen on validation: {', '.join(f'{k} {v}' for k, v in chosen.items())}.", "",
+                "| IF | change from the chosen recipe | overall | head | medium | tail |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['imbalance']:g} | {change(r)} | {fmt(r)} | {r['head']:.1f} | {r['medium']:.1f} | "
+                f"{r['tail']:.1f} |" for r in test]
+        best = [r for r in test if r["point"] == chosen and r["imbalance"] == 100]
+        refs = [r for r in (bench_rows or []) if r["protocol"] == "cpu-v1" and r["imbalance"] == 100
+                and r["labels"] == "hard" and r["net"] == "convnet" and r.get("seed", 0) == 0
+                and r["method"] in ("dm", "csdm") and r.get("variant", "") in ("", "gradbal")]
+        pick: dict = {}  # one row per (method, pipeline): the README's variant, the newest row
+        for r in refs:
+            if r.get("variant", "") == README_VARIANT.get((r["pipeline"], r["method"]), ""):
+                pick[(r["method"], r["pipeline"])] = r
+        plot = plot_strongest(best[0], list(pick.values())) if best else None
+        if plot:
+            out += ["", f"![per-class accuracy of the strongest set at IF 100]({plot.name})", ""]
     return out
+
+
+def plot_strongest(best: dict, refs: list[dict]) -> Path | None:
+    """Per-class test accuracy of the chosen recipe's IF-100 set against the benchmark's dm and
+    csdm rows (protocol cpu-v1, both pipelines)."""
+    path = RES / "per_class_if100_strongest.png"
+    if not have_matplotlib():
+        print(f"skipped {path.name}: matplotlib is not installed (pip install 'ltdistill[plot]')")
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.6, 4.2))
+    C = len(best["per_class"])
+    for r in sorted(refs, key=lambda r: (r["pipeline"], r["method"])):
+        ax.plot(range(C), r["per_class"], marker="o", ms=3, lw=1.2, ls="--" if r["pipeline"] == "dm" else "-",
+                color={"dm": "tab:blue", "csdm": "tab:orange"}[r["method"]],
+                label=f"{r['method']} (pipeline {r['pipeline']}) {r['acc_mean']:.1f}")
+    ax.plot(range(C), best["per_class"], marker="o", ms=4, lw=2.2, color="black",
+            label=f"strongest ({best['point']['method']}) {best['acc_mean']:.1f}")
+    for lo, hi, name, col in ((-0.5, 2.5, "head", "#e4e4f2"), (2.5, 6.5, "medium", "#f2f0dc"),
+                              (6.5, 9.5, "tail", "#e2f0e2")):
+        ax.axvspan(lo, hi, color=col, zorder=0)
+        ax.text((lo + hi) / 2, 3, name, ha="center", fontsize=9)
+    ax.set_xlabel("class, head → tail (training count)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(range(C))
+    ax.set_xlim(-0.5, C - 0.5)
+    ax.set_ylim(0, 100)
+    ax.set_title("CIFAR-10-LT IF 100, IPC 10, ConvNet-3: the strongest-v1 recipe against dm and csdm")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def lad_section(rows: list[dict]) -> list[str]:
