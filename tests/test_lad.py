@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import weakref
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -199,6 +200,25 @@ def test_expert_buffer_round_trips_and_resumes_after_a_kill(tmp_path, digits_lt,
         a, b = load_expert(ref, k), load_expert(path, k)
         assert torch.equal(a["rep"], b["rep"]) and torch.equal(a["cls"], b["cls"])
     assert not list(path.glob("*.partial.pt"))
+
+
+def test_compiled_experts_match_eager_and_share_the_buffer_key(tmp_path, digits_lt):
+    """compile is a speed setting: same trajectories as eager (fp32, float reassociation), same
+    buffer folder, and meta.json records which ran; auto leaves the digits experts eager."""
+    from ltdistill.experts import buffer_dir
+
+    cfg = _ecfg(num_experts=1, epochs=1, cls_epochs=1)
+    eager = train_experts(digits_lt, replace(cfg, compile="off"), tmp_path / "a")
+    comp = train_experts(digits_lt, replace(cfg, compile="on"), tmp_path / "b")
+    a, b = load_expert(eager, 0), load_expert(comp, 0)
+    assert torch.allclose(a["rep"], b["rep"], atol=1e-4) and torch.allclose(a["cls"], b["cls"], atol=1e-4)
+    assert not torch.equal(a["rep"][0], a["rep"][-1])
+    assert eager.name == comp.name == buffer_dir(digits_lt, cfg).name
+    assert json.loads((comp / "meta.json").read_text())["compiled"] is True
+    auto = train_experts(digits_lt, cfg, tmp_path / "c")
+    assert json.loads((auto / "meta.json").read_text())["compiled"] is False
+    with pytest.raises(ConfigError, match="compile must be one of"):
+        train_experts(digits_lt, replace(cfg, compile="fast"), tmp_path / "d")
 
 
 def test_bad_expert_buffers_get_clear_errors(tmp_path, digits_lt):

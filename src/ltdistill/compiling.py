@@ -38,10 +38,10 @@ def should_compile(mode: str | bool, work: float) -> bool:
 class Compiled:
     """``fn`` compiled by ``torch.compile``; calls fall back to ``fn`` once compilation fails."""
 
-    def __init__(self, fn: Callable[..., Any], name: str = "") -> None:
+    def __init__(self, fn: Callable[..., Any], name: str = "", **options: Any) -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "function")
-        self.compiled = torch.compile(fn)
+        self.compiled = torch.compile(fn, **options)
         self.failed = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -55,5 +55,6 @@ class Compiled:
         return self.fn(*args, **kwargs)
 
 
-def maybe_compile(fn: Callable[..., Any], enabled: bool, name: str = "") -> Callable[..., Any]:
-    return Compiled(fn, name) if enabled else fn
+def maybe_compile(fn: Callable[..., Any], enabled: bool, name: str = "", **options: Any) -> Callable[..., Any]:
+    """``fn`` compiled (``options`` go to ``torch.compile``) when ``enabled``, else ``fn``."""
+    return Compiled(fn, name, **options) if enabled else fn

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import DSAConfig, apply_dsa, sample_dsa
+from .compiling import maybe_compile, should_compile
 from .data import LTData
 from .errors import ConfigError, DataError
 from .nets import init_net
@@ -72,6 +73,11 @@ class ExpertConfig:
     # AMX CPU: measured 1.7x faster on the 2-core Zen 4), float32 elsewhere (an AVX2-only CPU:
     # 10x slower emulated; bench/bf16.py). The buffer records (and is keyed by) what it ran.
     bf16: bool | str = "auto"
+    # torch.compile the training forward (stage 1: the net; stage 2: the frozen backbone's
+    # embedding): auto = for runs long enough to repay the compile (compiling.AUTO_MIN_WORK:
+    # CIFAR experts yes, the digits tests no), on, off. A speed setting like ``device``: not
+    # part of the buffer's key; the buffer's meta.json records what ran (``compiled``).
+    compile: str = "auto"
 
 
 def resolved(cfg: ExpertConfig, device: torch.device | str | None = None) -> ExpertConfig:
@@ -87,7 +93,7 @@ def buffer_dir(data: LTData, cfg: ExpertConfig, root: str | Path | None = None) 
 
     cfg = resolved(cfg) if isinstance(cfg.bf16, str) else cfg  # keyed by the precision it trains in
     key = {"dataset": data.split_record(), "config": {k: v for k, v in asdict(cfg).items()
-                                                      if k not in ("device", "num_experts")}, "format": FORMAT}
+                                                      if k not in ("device", "num_experts", "compile")}, "format": FORMAT}
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     base = Path(root) if root else cache_dir() / "experts"
     return base / f"experts-{data.info.name}-if{data.imbalance:g}-{cfg.net}-{h}"
@@ -150,8 +156,10 @@ def _balanced_batches(labels: torch.Tensor, C: int, batch: int, per_class: int, 
 
 def _epoch(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
            batches: list[torch.Tensor], opt: torch.optim.Optimizer, dsa_cfg: DSAConfig, g: torch.Generator,
-           gv: torch.Generator, bf16: bool, frozen_backbone: bool) -> float:
-    """One epoch over ``batches``; the training accuracy (percent)."""
+           gv: torch.Generator, bf16: bool, frozen_backbone: bool, forward: Any = None) -> float:
+    """One epoch over ``batches``; the training accuracy (percent). ``forward``: what runs
+    ``net`` (stage 1) or its embedding (stage 2, ``frozen_backbone``), e.g. compiled."""
+    forward = forward or (net.embed if frozen_backbone else net)
     correct, seen = torch.zeros((), device=x.device), 0
     for idx in batches:
         idx = idx.to(x.device)
@@ -159,10 +167,10 @@ def _epoch(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             if frozen_backbone:
                 with torch.no_grad():
-                    feats = net.embed(xb)
+                    feats = forward(xb)
                 out = net.classifier(feats)
             else:
-                out = net(xb)
+                out = forward(xb)
         loss = F.cross_entropy(out.float(), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,11 +189,13 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
         raise ConfigError("num_experts, epochs and cls_epochs must be at least 1")
     if cfg.batch_size < 1 or cfg.cls_per_class < 1:
         raise ConfigError("batch_size and cls_per_class must be at least 1")
+    compiled = should_compile(cfg.compile, cfg.epochs * x_work(data))  # a bad mode fails here, before any file
     device = resolve_device(cfg.device)
     cfg = resolved(cfg, device)
     path = buffer_dir(data, cfg, root)
     path.mkdir(parents=True, exist_ok=True)
     meta = _meta(data, cfg)
+    meta["compiled"] = compiled
     atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=1).encode())
     x = data.normalize(data.train.images.to(device), device)
     y = data.train.labels.to(device)
@@ -198,12 +208,13 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
                 load_expert(path, k)  # a truncated file is an error, not silently reused
                 bar.update(cfg.epochs + cfg.cls_epochs)
                 continue
-            _train_one(k, data, cfg, path, x, y, dsa_cfg, steps, device, bar, tracker)
+            _train_one(k, data, cfg, path, x, y, dsa_cfg, steps, device, bar, tracker, compiled)
     return path
 
 
 def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Tensor, y: torch.Tensor,
-               dsa_cfg: DSAConfig, steps: int, device: torch.device, bar: Any, tracker: Any) -> None:
+               dsa_cfg: DSAConfig, steps: int, device: torch.device, bar: Any, tracker: Any,
+               compiled: bool = False) -> None:
     """Expert ``k``: both stages, resumed from its partial file when there is one."""
     info, C = data.info, data.num_classes
     done_file, part_file = path / f"expert_{k:03d}.pt", path / f"expert_{k:03d}.partial.pt"
@@ -226,6 +237,9 @@ def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Ten
         bar.update(1)
         bar.set_postfix(expert=k, stage=stage, epoch=ep + 1, acc=f"{a:.1f}")
 
+    # one graph per batch shape (the full batch and the epoch's last), not a dynamic one
+    fwd = maybe_compile(net, compiled, f"expert {cfg.net} training", dynamic=False)
+    embed = maybe_compile(net.embed, compiled, f"expert {cfg.net} embedding", dynamic=False)
     # stage 1: the whole net on the long-tailed split
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if state and state.get("stage") == 1 and state.get("opt"):
@@ -235,7 +249,7 @@ def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Ten
         g = make_generator(seed, "stage1", ep)
         batches = list(torch.randperm(len(y), generator=g).split(cfg.batch_size))
         a = _epoch(net, x, y, batches, opt, dsa_cfg, g,
-                   _values_gen(device, g, seed, "stage1", ep), cfg.bf16, False)
+                   _values_gen(device, g, seed, "stage1", ep), cfg.bf16, False, fwd)
         rep.append(flat_params(net).cpu())
         done(1, ep, a, opt)
     # stage 2: frozen backbone, the classifier alone on class-balanced batches
@@ -256,12 +270,18 @@ def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Ten
         g = make_generator(seed, "stage2", ep)
         batches = _balanced_batches(data.train.labels, C, cfg.batch_size, cfg.cls_per_class, steps, g)
         a = _epoch(net, x, y, batches, opt, dsa_cfg, g,
-                   _values_gen(device, g, seed, "stage2", ep), cfg.bf16, True)
+                   _values_gen(device, g, seed, "stage2", ep), cfg.bf16, True, embed)
         cls.append(flat_params(net)[flat.is_classifier.to(device)].cpu())
         done(2, ep, a, opt)
     atomic_torch_save({"rep": torch.stack(rep), "cls": torch.stack(cls), "train_acc": acc, "seed": seed,
                        "format": FORMAT}, done_file)
     part_file.unlink(missing_ok=True)
+
+
+def x_work(data: LTData) -> float:
+    """Image-pixels one epoch over ``data``'s training split pushes through the net."""
+    h, w = data.train.images.shape[-2:]
+    return len(data.train.labels) * h * w
 
 
 def _values_gen(device: torch.device, g: torch.Generator, seed: int, *keys: Any) -> torch.Generator:
