@@ -274,3 +274,27 @@ def test_protocol_tables_pick_each_protocols_rows_and_label_best_test():
     assert "dm IF 100 +1.5" in dm_table and "csdm IF 100 +1.0" in dm_table
     assert "| dm | 56.0 ± 0.5 | 45.0 | 58.5 |" in code_table and "random | –" in code_table
     assert "random (its initialisation: factor-2 mosaics) | 43.0" in fused_table and "| dm | 55.0" in fused_table
+
+
+def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
+    """report.py's strongest-v1 section: the first test row is the chosen recipe, every other
+    row is labelled by what it changed from it; validation trials have their own table."""
+    report = _bench("report")
+    chosen = {"method": "csdm", "calibration": "fused", "factor": 2, "labels": "teacher", "eval": "ncfm",
+              "budget": "1x"}
+
+    def row(point, split, imb=100, acc=50.0):
+        return {"protocol": "strongest-v1", "split": split, "imbalance": imb, "point": point, "score": acc,
+                "acc_mean": acc, "acc_std": 0.3, "head": 60.0, "medium": 45.0, "tail": 48.0,
+                "distill_seconds": 1.0, "eval_seconds": 1.0, "per_class": [acc] * 10}
+
+    rows = [row(chosen, "validation", acc=52.0), row(chosen, "test", acc=58.0),
+            row({**chosen, "labels": "hard"}, "test", acc=55.0), row(chosen, "test", imb=10, acc=63.0)]
+    monkeypatch.setattr(report, "RES", tmp_path)  # the plot goes beside the rows, not into bench/results
+    path = tmp_path / "strongest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "\n".join(report.strongest_section(path, []))
+    assert "| method csdm, calibration fused, factor 2, labels teacher, eval ncfm, budget 1x | 52.00 |" in text
+    assert "| 100 | **chosen recipe** | 58.0 ± 0.3 |" in text
+    assert "| 100 | labels: teacher → hard | 55.0 ± 0.3 |" in text
+    assert "| 10 | **chosen recipe** | 63.0 ± 0.3 |" in text
