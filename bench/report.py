@@ -362,10 +362,7 @@ def plot_strongest(best: dict, refs: list[dict]) -> Path | None:
                 label=f"{r['method']} (pipeline {r['pipeline']}) {r['acc_mean']:.1f}")
     ax.plot(range(C), best["per_class"], marker="o", ms=4, lw=2.2, color="black",
             label=f"strongest ({best['point']['method']}) {best['acc_mean']:.1f}")
-    for lo, hi, name, col in ((-0.5, 2.5, "head", "#e4e4f2"), (2.5, 6.5, "medium", "#f2f0dc"),
-                              (6.5, 9.5, "tail", "#e2f0e2")):
-        ax.axvspan(lo, hi, color=col, zorder=0)
-        ax.text((lo + hi) / 2, 3, name, ha="center", fontsize=9)
+    head_medium_tail(ax)
     ax.set_xlabel("class, head → tail (training count)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(range(C))
@@ -748,6 +745,14 @@ def have_matplotlib() -> bool:
     return True
 
 
+def head_medium_tail(ax) -> None:
+    """Shade and name CIFAR-10-LT's head (3), medium (4) and tail (3) classes on a per-class axis."""
+    for lo, hi, name, col in ((-0.5, 2.5, "head", "#e4e4f2"), (2.5, 6.5, "medium", "#f2f0dc"),
+                              (6.5, 9.5, "tail", "#e2f0e2")):
+        ax.axvspan(lo, hi, color=col, zorder=0)
+        ax.text((lo + hi) / 2, 3, name, ha="center", fontsize=9)
+
+
 def plot_per_class(rows: list[dict], imb: float, proto: str) -> Path | None:
     """Per-class accuracy, one panel per pipeline, one colour per method (the same in every
     panel), variants as line styles, the legend outside the axes. None when there is
@@ -777,10 +782,7 @@ def plot_per_class(rows: list[dict], imb: float, proto: str) -> Path | None:
             (line,) = ax.plot(range(C), r["per_class"], marker="o", ms=3.5, lw=1.6, color=colour[r["method"]],
                               ls=LINESTYLES.get(r.get("variant", ""), "-"), label=label)
             handles.setdefault(label, line)
-        for lo, hi, name, col in ((-0.5, 2.5, "head", "#e4e4f2"), (2.5, 6.5, "medium", "#f2f0dc"),
-                                  (6.5, 9.5, "tail", "#e2f0e2")):
-            ax.axvspan(lo, hi, color=col, zorder=0)
-            ax.text((lo + hi) / 2, 3, name, ha="center", fontsize=9)
+        head_medium_tail(ax)
         ax.set_title(f"pipeline {pipe}")
         ax.set_xlabel("class, head → tail (training count)")
         ax.set_xticks(range(C))

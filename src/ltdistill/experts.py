@@ -189,7 +189,8 @@ def train_experts(data: LTData, cfg: ExpertConfig, root: str | Path | None = Non
         raise ConfigError("num_experts, epochs and cls_epochs must be at least 1")
     if cfg.batch_size < 1 or cfg.cls_per_class < 1:
         raise ConfigError("batch_size and cls_per_class must be at least 1")
-    compiled = should_compile(cfg.compile, cfg.epochs * x_work(data))  # a bad mode fails here, before any file
+    # the image-pixels stage 1 pushes through the net; a bad mode fails here, before any file
+    compiled = should_compile(cfg.compile, cfg.epochs * data.train.images[0, 0].numel() * len(data.train.labels))
     device = resolve_device(cfg.device)
     cfg = resolved(cfg, device)
     path = buffer_dir(data, cfg, root)
@@ -276,12 +277,6 @@ def _train_one(k: int, data: LTData, cfg: ExpertConfig, path: Path, x: torch.Ten
     atomic_torch_save({"rep": torch.stack(rep), "cls": torch.stack(cls), "train_acc": acc, "seed": seed,
                        "format": FORMAT}, done_file)
     part_file.unlink(missing_ok=True)
-
-
-def x_work(data: LTData) -> float:
-    """Image-pixels one epoch over ``data``'s training split pushes through the net."""
-    h, w = data.train.images.shape[-2:]
-    return len(data.train.labels) * h * w
 
 
 def _values_gen(device: torch.device, g: torch.Generator, seed: int, *keys: Any) -> torch.Generator:
