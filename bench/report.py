@@ -24,8 +24,9 @@ PAPER = {
     "full": {100: 54.8},  # training on the whole long-tailed set (SPEC §4b)
 }
 PROTOCOL_TEXT = {
-    "cpu-lad-v1": ("LAD with preset `lad-cpu` (3 experts × 15 epochs + 4 classifier epochs; bf16 autocast where the CPU has it natively, float32 on an AVX2-only CPU; 200 iterations "
-                   "of 10 student steps on 50 images; lr_img 100, lr_lr 1e-5, lr_y 2, λ_rep 0.5, λ_cls 1; DAM "
+    "cpu-lad-v1": ("LAD with preset `lad-cpu` (3 experts × 15 epochs + 4 classifier epochs; bf16 autocast where "
+                   "the CPU has it natively, float32 on an AVX2-only CPU; 200 iterations of 10 student steps on "
+                   "50 images; lr_img 100, lr_lr 1e-5, lr_y 2, λ_rep 0.5, λ_cls 1; DAM "
                    "paper form, λ 1), CIFAR-10-LT IPC 10, evaluated as `cpu-v1` (ConvNet-3, 300 epochs, 3 runs, "
                    "final epoch) with the set's learned soft labels and step size. The reference is 10000 "
                    "iterations of 80 steps on 100 experts × 100 epochs: this is a far smaller budget."),
