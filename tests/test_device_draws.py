@@ -150,27 +150,37 @@ def test_every_method_of_the_family_names_a_registered_discrepancy():
 
 # The CPU sets of the host path, recorded before the draws became a part (commit f2b6a88):
 # the redesign must not change them. digits IF 10, IPC 2, seed 3, 5 iterations, batch_real 16,
-# 2 threads. The float arithmetic depends on the kernels torch picks for the CPU (AVX-512 on
-# the Zen 4 where they were recorded; AVX2 on an EPYC without AVX-512, recorded 2026-12-02:
-# the same sets, 1e-7 to 3e-5 apart relatively); on a recorded ISA the check is to 1e-9, on
-# another to 1e-4 of the nearest recording (a changed draw moves these sums by far more).
+# 2 threads. The float arithmetic depends on the kernels torch picks for the CPU, and not only
+# on its ISA: the two AVX-512 machines below report the same capability and differ by up to
+# 2.9e-4 (relative) in the sum and 3.0e-5 in the sum of squares after 5 iterations; the AVX2
+# EPYC lies closer to the Zen 4. A changed draw moves them by far more: seed 4 instead of 3
+# moves the sum by 3.4e-3 to 0.51 and the sum of squares by 7.2e-3 to 5.5e-2 (measured on the
+# Xeon, 2026-12-03). So a set passes when it matches one recording to 1e-3 in the sum and 1e-4
+# in the sum of squares (bit-for-bit on the machine that recorded it).
 GOLDEN = {
-    "AVX512": {
+    "AVX512 Zen 4 (recorded at f2b6a88)": {
         ("dm",): (205.84947907179594, 37917.612843297975),
         ("csdm",): (292.13956354930997, 70874.74333479017),
         ("ncfm", "adversarial=true"): (903.1449073366821, 362827.15618753934),
         ("csdm", "factor=2", "pixel_space=unit", "per_class_steps=true"): (621.0455696415156, 2530.2500270151986),
     },
-    "AVX2": {
+    "AVX2 EPYC (2026-12-02)": {
         ("dm",): (205.849464379251, 37917.61371006444),
         ("csdm",): (292.13952991738915, 70874.74618403951),
         ("ncfm", "adversarial=true"): (903.1654350012541, 362827.73677360197),
         ("csdm", "factor=2", "pixel_space=unit", "per_class_steps=true"): (621.0477852150798, 2530.1687721534745),
     },
+    "AVX512 Xeon (2026-12-03)": {
+        ("dm",): (205.84947907179594, 37917.612843297975),
+        ("csdm",): (292.1396457217634, 70874.74102626555),
+        ("ncfm", "adversarial=true"): (903.2799986060709, 362828.02176163683),
+        ("csdm", "factor=2", "pixel_space=unit", "per_class_steps=true"): (621.2275428380817, 2530.3268600931715),
+    },
 }
+GOLDEN_KEYS = list(next(iter(GOLDEN.values())))
 
 
-@pytest.mark.parametrize("key", list(GOLDEN["AVX512"]))
+@pytest.mark.parametrize("key", GOLDEN_KEYS)
 def test_host_draws_keep_the_cpu_sets_of_earlier_releases(digits_lt, key):
     from ltdistill.config import apply_overrides
 
@@ -180,10 +190,7 @@ def test_host_draws_keep_the_cpu_sets_of_earlier_releases(digits_lt, key):
                           ["iterations=5", "batch_real=16", "compile=off", *extra])
     x = ld.distill(cfg, digits_lt).images.double()
     got = (float(x.sum()), float((x * x).sum()))
-    isa = torch.backends.cpu.get_cpu_capability()
-    if isa in GOLDEN:
-        s, s2 = GOLDEN[isa][key]
-        assert got[0] == pytest.approx(s, rel=1e-9, abs=1e-7) and got[1] == pytest.approx(s2, rel=1e-9), isa
-    else:
-        assert any(got[0] == pytest.approx(g[key][0], rel=1e-4) and got[1] == pytest.approx(g[key][1], rel=1e-4)
-                   for g in GOLDEN.values()), (isa, got)
+    near = {name: (abs(got[0] - g[key][0]) / abs(g[key][0]), abs(got[1] - g[key][1]) / g[key][1])
+            for name, g in GOLDEN.items()}
+    assert any(r0 <= 1e-3 and r1 <= 1e-4 for r0, r1 in near.values()), (
+        torch.backends.cpu.get_cpu_capability(), got, near)
