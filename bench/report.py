@@ -401,8 +401,8 @@ def lad_section(rows: list[dict]) -> list[str]:
                 "|---|" + "---|---|" * len(ifs)]
         own = {r["imbalance"]: r for r in lad if not r.get("variant")}
 
-        def cells(get) -> str:
-            return " | ".join(f"{fmt(get(i))} | " + ("–" if get(i) is None else f"{get(i)['tail']:.1f}") for i in ifs)
+        def cells(get) -> str:  # "overall | tail" for each IF
+            return " | ".join(f"{fmt(r)} | " + ("–" if r is None else f"{r['tail']:.1f}") for r in map(get, ifs))
 
         out.append(f"| lad | {cells(own.get)} |")
         for m in ("random", "dm", "csdm"):
