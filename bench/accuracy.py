@@ -496,7 +496,9 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", required=True)
-    p.add_argument("--grid", action="append", choices=sorted(GRIDS), required=True)
+    p.add_argument("--grid", action="append", choices=sorted([*GRIDS, "strongest"]), required=True,
+                   help="strongest = bench/strongest.py's validation search and then its test stage "
+                        "(protocol strongest-v1, bench/results/strongest.jsonl)")
     p.add_argument("--protocol", default="cpu-v1", choices=sorted(PROTOCOLS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full-reference", action="store_true", help="also the whole-LT-dataset row per IF")
@@ -508,6 +510,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only the grid's cells of this variant (repeatable; '' = no variant)")
     p.add_argument("--out-dir", help="write results and sets here instead of bench/results and bench/sets")
     args = p.parse_args(argv)
+    if "strongest" in args.grid:  # its own protocol and results file: every choice made on validation
+        if args.grid != ["strongest"]:
+            p.error("--grid strongest runs on its own (protocol strongest-v1); give the other grids separately")
+        import strongest
+
+        extra = ["--seed", str(args.seed)] + (["--out", str(Path(args.out_dir) / "strongest.jsonl")] if args.out_dir else [])
+        for stage in ("search", "test"):
+            strongest.main([stage, "--data-root", args.data_root, *extra])
+        return 0
     if args.out_dir:
         global RESULTS, SETS
         RESULTS = Path(args.out_dir) / "accuracy.jsonl"

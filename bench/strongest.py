@@ -20,6 +20,7 @@ its first value (the ablation), and the chosen recipe at IF 10 and 200 (no re-tu
 
     python bench/strongest.py search --data-root ../shared/datasets/cifar10
     python bench/strongest.py test --data-root ../shared/datasets/cifar10
+    python bench/accuracy.py --grid strongest --data-root ../shared/datasets/cifar10   # both stages
     python bench/strongest.py --protocol smoke search --data-root ... --out /tmp/s.jsonl   # seconds
 """
 

@@ -249,6 +249,21 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
     assert method == "csdm" and "calib_mode=fused" in over and "factor=2" in over and ev["profile"] == "ncfm"
 
 
+def test_grid_strongest_runs_the_search_then_the_test_stage(monkeypatch, tmp_path):
+    """``bench/accuracy.py --grid strongest`` is bench/strongest.py's validation search and then
+    its test stage (its own protocol and file), and refuses to mix with the cpu-v1 grids."""
+    acc, st = _bench("accuracy"), _bench("strongest")
+    calls = []
+    monkeypatch.setattr(st, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setitem(sys.modules, "strongest", st)
+    assert acc.main(["--grid", "strongest", "--data-root", "D", "--seed", "3", "--out-dir", str(tmp_path)]) == 0
+    out = ["--seed", "3", "--out", str(tmp_path / "strongest.jsonl")]
+    assert calls == [["search", "--data-root", "D", *out], ["test", "--data-root", "D", *out]]
+    with pytest.raises(SystemExit):
+        acc.main(["--grid", "strongest", "--grid", "smoke", "--data-root", "D"])
+    assert len(calls) == 2
+
+
 def test_protocol_tables_pick_each_protocols_rows_and_label_best_test():
     """report.py's two-protocol tables: pipeline dm rows prefer the best-test variant, the
     code table takes only variant code, pipeline ncfm's random is its mosaic row, and what
