@@ -94,6 +94,13 @@ def key_of(point: dict, proto_name: str, seed: int, split: str, imbalance: float
     return json.dumps([proto_name, seed, split, imbalance, sorted(point.items())])
 
 
+def set_path(proto_name: str, split: str, imb: float, seed: int, method: str, overrides: list[str]) -> Path:
+    """Where a trial's distilled set is kept: keyed by everything that shapes the set (not by
+    the labels or the evaluation, which are applied afterwards)."""
+    h = hashlib.sha256(json.dumps([proto_name, split, imb, seed, method, overrides]).encode()).hexdigest()[:12]
+    return SETS / f"strongest-{split}-if{imb:g}-{method}-s{seed}-{h}.pt"
+
+
 def teacher_for(data, proto: dict, tag: str, seed: int) -> Path:
     """A ConvNet-3 trained on ``data``'s training split with the logit-adjusted loss (cached)."""
     h = hashlib.sha256(json.dumps([data.split_record(), proto["teacher_epochs"], seed, tag]).encode()).hexdigest()[:12]
@@ -123,12 +130,26 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
     method, over, ev, labels = recipe(point, proto)
     cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", f"data.data_root={data_root}", *over])
-    t0 = time.perf_counter()
-    s = ld.distill(cfg, data)
-    distill_s = time.perf_counter() - t0
+    # The set depends only on the distillation settings: trials that change the labels or the
+    # evaluation reuse it; an interrupted distillation resumes from its checkpoint.
+    path = set_path(proto_name, split, imb, seed, method, over)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict = {}
+    if path.is_file():
+        s = ld.load_set(path)
+        distill_s, extra["distill_reused"] = float(s.extra["distill_seconds"]), path.name
+    else:
+        if path.with_suffix(".ckpt").is_file():
+            print(f"  resuming from {path.with_suffix('.ckpt')}", flush=True)
+            cfg = apply_overrides(cfg, ["resume=true"])
+            extra["distill_resumed"] = True  # the seconds cover only the part after the checkpoint
+        t0 = time.perf_counter()
+        s = ld.distill(cfg, data, run_prefix=str(path.with_suffix("")))
+        distill_s = time.perf_counter() - t0
+        s.extra["distill_seconds"] = distill_s
+        ld.save_set(s, path)
     runs = proto["val_runs"] if split == "validation" else proto["test_runs"]
     ecfg = dataclasses.replace(ld.EvalConfig(epochs=proto["eval_epochs"], runs=runs, seed=seed), **ev)
-    extra: dict = {}
     if labels != "hard":
         tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed)
         extra["teacher_seconds"] = round(float(load_teacher(tpath).get("train_seconds", 0.0)), 1)

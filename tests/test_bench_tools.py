@@ -247,6 +247,11 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
         st.recipe({**best, "budget": "4x-batch"}, proto)
     method, over, ev, labels = st.recipe(best, st.PROTOCOLS["strongest-v1"])
     assert method == "csdm" and "calib_mode=fused" in over and "factor=2" in over and ev["profile"] == "ncfm"
+    # the set is keyed by what shapes it: label and evaluation trials reuse it, a new factor does not
+    proto = st.PROTOCOLS["strongest-v1"]
+    key = [st.set_path("strongest-v1", "validation", 100, 0, *st.recipe(p, proto)[:2])
+           for p in (best, {**best, "labels": "adsa", "eval": "dm"}, {**best, "factor": 4})]
+    assert key[0] == key[1] != key[2]
 
 
 def test_grid_strongest_runs_the_search_then_the_test_stage(monkeypatch, tmp_path):
