@@ -432,11 +432,14 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
     data = ld.load_lt_data("cifar10", data_root, imbalance=imb)
     ecfg = eval_config(net, labels, proto_name, seed, variant, pipeline)
     extra: dict = {}
+    # the cell's evaluation resumes from here after an interruption (removed when it finishes)
+    cell = json.dumps([imb, method, net, labels, proto_name, seed, variant, pipeline])
+    eval_ckpt = SETS / f"eval-{hashlib.sha256(cell.encode()).hexdigest()[:16]}.ckpt"
     if method == "full" and variant == "converged":
         epochs = proto.get("full_epochs", FULL_EPOCHS)
         fcfg = dataclasses.replace(ecfg, epochs=epochs, runs=1, selection_every=max(1, epochs // 20))
         t0 = time.perf_counter()
-        res = ld.evaluate_full(data, fcfg)
+        res = ld.evaluate_full(data, fcfg, checkpoint=eval_ckpt)
         rec = {"acc_mean": res.acc_mean, "acc_std": 0.0, "per_class": res.per_class_mean,
                "head": res.groups["head"], "medium": res.groups["medium"], "tail": res.groups["tail"],
                "distill_seconds": 0.0, "eval_seconds": round(time.perf_counter() - t0, 1), "eval_epochs": epochs,
@@ -460,7 +463,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
             extra |= {"teacher": {k: meta[k] for k in ("net", "epochs", "acc", "head", "medium", "tail")},
                      "tau": s.extra["tau"], "temperature": s.extra["temperature"]}
         t0 = time.perf_counter()
-        res = ld.evaluate_set(s, data, ecfg)
+        res = ld.evaluate_set(s, data, ecfg, checkpoint=eval_ckpt)
         if s.provenance.get("commit"):
             extra["distill_commit"] = s.provenance["commit"]
         rec = {"acc_mean": res.acc_mean, "acc_std": res.acc_std, "per_class": res.per_class_mean,

@@ -157,8 +157,9 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
             s = label_set(s, load_teacher(tpath), calibrate="adsa")
         else:  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
             ecfg = dataclasses.replace(ecfg, teacher=str(tpath), teacher_hard_epochs=max(1, proto["eval_epochs"] // 15))
-    t0 = time.perf_counter()
-    res = ld.evaluate_set(s, data, ecfg)
+    t0 = time.perf_counter()  # the evaluation resumes after an interruption too (its file removed at the end)
+    trial = hashlib.sha256(key_of(point, proto_name, seed, split, imb).encode()).hexdigest()[:16]
+    res = ld.evaluate_set(s, data, ecfg, checkpoint=SETS / f"strongest-eval-{trial}.ckpt")
     balanced = [sum(r.per_class) / len(r.per_class) for r in res.runs]
     return {
         "point": point, "split": split, "imbalance": imb, "score": sum(balanced) / len(balanced),

@@ -41,6 +41,17 @@ def test_full_reference_cli(capsys):
     assert code == 0 and "full digits-LT IF 10 (503 images)" in out
 
 
+def test_evaluate_checkpoint_is_removed_when_done_and_a_foreign_one_is_a_clear_error(tmp_path, capsys):
+    ck = tmp_path / "full.ckpt"
+    argv = ["evaluate", "--full", "--dataset", "digits", "--imbalance", "10", "--epochs", "2", "--runs", "2",
+            "--quiet", "--checkpoint", str(ck)]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "full digits-LT IF 10" in out and not ck.exists()
+    ck.write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and f"evaluation checkpoint {ck} cannot be read" in err and "Traceback" not in err
+
+
 def test_help_lists_registries(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -166,3 +166,68 @@ def test_logit_adjusted_loss_by_hand(digits_lt):
     assert torch.allclose(label_log_prior(torch.full((4, 10), 0.1), 10), torch.full((10,), 0.1).log())
     res = evaluate_full(digits_lt, EvalConfig(epochs=2, runs=1, device="cpu", logit_adjust=1.0))
     assert res.acc_mean > 10 and res.config["logit_adjust"] == 1.0
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(monkeypatch, n: int):
+    """Let the evaluation write ``n`` checkpoints, then stop it as a kill would."""
+    import ltdistill.evaluate as E
+
+    real, count = E.atomic_torch_save, [0]
+
+    def save(obj, path):
+        real(obj, path)
+        count[0] += 1
+        if count[0] == n:
+            raise _Interrupt
+
+    monkeypatch.setattr(E, "atomic_torch_save", save)
+    return count
+
+
+@pytest.mark.parametrize("cfg", [
+    # SGD, lr x0.1 and a fresh optimiser at half (interrupted after it), best-test checkpoints, 2 run groups
+    EvalConfig(epochs=8, runs=2, device="cpu", selection="best-test", selection_every=2, compile="off"),
+    # the ncfm profile's AdamW, multistep, CutMix and random-resized crop
+    EvalConfig(epochs=8, runs=1, device="cpu", compile="off", profile="ncfm", optimizer="adamw", lr=0.001,
+               schedule="multistep", cutmix_p=0.5, rrc=True),
+    # the runs trained together through vmap (stacked weights)
+    EvalConfig(epochs=8, runs=2, device="cpu", compile="off", batched_runs=True),
+], ids=["dm-best-test", "ncfm", "batched"])
+def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(cfg, rand_set, digits_lt, tmp_path,
+                                                                       monkeypatch):
+    ref = evaluate_set(rand_set, digits_lt, cfg)
+    ck = tmp_path / "eval.ckpt"
+    _interrupt_after(monkeypatch, 3)  # after epoch 3 of 8 of the first group (8 epochs: one checkpoint per epoch)
+    with pytest.raises(_Interrupt):
+        evaluate_set(rand_set, digits_lt, cfg, checkpoint=ck)
+    assert ck.is_file()
+    monkeypatch.undo()
+    if cfg.runs == 2 and not cfg.batched_runs:  # again in the second group (epoch 5: past the lr reset)
+        count = _interrupt_after(monkeypatch, 10)  # epochs 4-7 and the first group's end, then 1-5
+        with pytest.raises(_Interrupt):
+            evaluate_set(rand_set, digits_lt, cfg, checkpoint=ck)
+        assert count[0] == 10
+        monkeypatch.undo()
+    got = evaluate_set(rand_set, digits_lt, cfg, checkpoint=ck)
+    assert not ck.exists()  # removed once the evaluation finished
+    for a, b in zip(ref.runs, got.runs, strict=True):
+        assert (a.acc, a.per_class, a.final_loss, a.best_test_acc, a.test_curve) == \
+               (b.acc, b.per_class, b.final_loss, b.best_test_acc, b.test_curve)
+
+
+def test_an_evaluation_checkpoint_of_another_evaluation_is_refused(rand_set, digits_lt, tmp_path, monkeypatch):
+    cfg = EvalConfig(epochs=4, runs=1, device="cpu", compile="off")
+    ck = tmp_path / "eval.ckpt"
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(_Interrupt):
+        evaluate_set(rand_set, digits_lt, cfg, checkpoint=ck)
+    monkeypatch.undo()
+    with pytest.raises(ArtifactError, match="belongs to another evaluation"):
+        evaluate_set(rand_set, digits_lt, dataclasses.replace(cfg, lr=0.02), checkpoint=ck)
+    ck.write_bytes(b"torn")
+    with pytest.raises(ArtifactError, match="cannot be read"):
+        evaluate_set(rand_set, digits_lt, cfg, checkpoint=ck)

@@ -201,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             n_per_class=args.n_per_class, show_progress=not args.quiet)
         title = f"full {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images), net {cfg.net}"
         with contextlib.closing(_tracker(args, to_dict(cfg), "full", "evaluate")) as tracker:
-            res = evaluate_full(data, cfg, show_progress=not args.quiet, tracker=tracker)
+            res = evaluate_full(data, cfg, show_progress=not args.quiet, tracker=tracker, checkpoint=args.checkpoint)
         about: dict[str, Any] = {"set": None, "method": "full-dataset"}
     else:
         if args.set_path is None:
@@ -213,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         title = (f"{s.method} set {args.set_path}: {len(s.labels)} images, {d['name']}-LT "
                  f"IF {d['imbalance']:.4g}, net {cfg.net}, {cfg.epochs} epochs")
         with contextlib.closing(_tracker(args, to_dict(cfg), Path(args.set_path).stem, "evaluate")) as tracker:
-            res = evaluate_set(s, data, cfg, show_progress=not args.quiet, tracker=tracker)
+            res = evaluate_set(s, data, cfg, show_progress=not args.quiet, tracker=tracker, checkpoint=args.checkpoint)
         about = {"set": str(args.set_path), "method": s.method, "set_config": s.config}
     if not rank.is_main:
         return 0
@@ -463,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with the protocol's lr even when the set learned its own (lad's syn_lr)")
     e.add_argument("--json", help="write the result as JSON here")
     e.add_argument("--plot", metavar="FILE.png", help="per-class accuracy bars, head to tail, mean ± std over runs")
+    e.add_argument("--checkpoint", metavar="FILE.ckpt",
+                   help="resumable: the training state is written here every twentieth of the epochs and after "
+                        "every run; run the same command again to continue an interrupted evaluation (the file "
+                        "is removed when it finishes)")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 

@@ -24,6 +24,7 @@ from .data import LTData
 from .errors import ConfigError, TrainingError
 from .nets import has_batchnorm, init_net
 from .utils import (
+    atomic_torch_save,
     configure_threads,
     derive_seed,
     device_generator,
@@ -205,6 +206,9 @@ def train_nets(
     test_every: int = 0,
     on_test: Any = None,
     teacher: torch.nn.Module | None = None,
+    on_checkpoint: Any = None,
+    checkpoint_every: int = 0,
+    resume: dict | None = None,
 ) -> tuple[list[torch.nn.Module], list[float]]:
     """Train one fresh net per seed on the same data, together.
 
@@ -216,6 +220,10 @@ def train_nets(
     ``on_epoch(epoch, losses, lr)`` is called after every epoch (1-based) when given.
     A ``teacher`` net relabels every augmented batch with its softmax (all but the last
     ``cfg.teacher_hard_epochs`` epochs).
+
+    ``on_checkpoint(state)`` gets the whole training state (weights, optimiser, every
+    generator, the epoch) every ``checkpoint_every`` epochs; ``resume`` (such a state)
+    continues from it and gives the nets the uninterrupted training gives.
     """
     from torch.func import functional_call, stack_module_state
 
@@ -256,7 +264,37 @@ def train_nets(
     # The loss is read back (and checked for NaN/inf) every batch on CPU, where that is free,
     # and once per epoch on a GPU, so the device never waits for the host inside an epoch.
     per_batch = device.type == "cpu"
-    for ep in range(cfg.epochs):
+    start = 0
+    if resume is not None:
+        start, last = int(resume["epoch"]), list(resume["last"])
+        with torch.no_grad():
+            if batched:
+                for k, v in resume["params"].items():
+                    params[k].copy_(v)
+                for k, v in resume["buffers"].items():
+                    buffers[k].copy_(v)
+            else:
+                for net, sd in zip(nets, resume["nets"]):
+                    net.load_state_dict(sd)
+        if start > cfg.epochs // 2 and cfg.schedule == "half" and cfg.lr_decay_at_half:
+            opt = make_opt(cfg.lr * 0.1)  # the optimiser the reset made (its state is loaded next)
+        opt.load_state_dict(resume["optimizer"])
+        for gen, st in zip(gens, resume["gens"]):
+            gen.set_state(st)
+        for gen, st in zip(vgens, resume["vgens"]):
+            gen.set_state(st)
+
+    def train_state(epoch: int) -> dict:
+        st = {"epoch": epoch, "last": list(last), "optimizer": opt.state_dict(),
+              "gens": [g.get_state() for g in gens], "vgens": [g.get_state() for g in vgens]}
+        if batched:
+            st |= {"params": {k: v.detach().clone() for k, v in params.items()},
+                   "buffers": {k: v.detach().clone() for k, v in buffers.items()}}
+        else:
+            st["nets"] = [copy.deepcopy(net.state_dict()) for net in nets]
+        return st
+
+    for ep in range(start, cfg.epochs):
         if cfg.schedule == "half" and cfg.lr_decay_at_half and ep == cfg.epochs // 2 and ep > 0:
             opt = make_opt(cfg.lr * 0.1)  # DM's protocol: decay and a fresh optimiser
         if cfg.schedule == "multistep" and ep in milestones:
@@ -320,6 +358,9 @@ def train_nets(
             on_test(ep + 1, nets)  # a test checkpoint (selection=best-test); training continues unchanged
             for net in nets:
                 net.train()
+        if on_checkpoint is not None and checkpoint_every and (ep + 1) % checkpoint_every == 0 \
+                and ep + 1 < cfg.epochs:
+            on_checkpoint(train_state(ep + 1))
     if batched:
         _unstack(nets, params, buffers)
     return nets, last
@@ -418,9 +459,41 @@ def _online_teacher(cfg: EvalConfig, data: LTData, device: torch.device) -> torc
     return net.to(device).eval().requires_grad_(False)
 
 
+def _checkpoint_key(x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig) -> str:
+    """What an evaluation checkpoint belongs to: the training tensors and the settings."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode())
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _load_checkpoint(path, key: str) -> dict | None:
+    from pathlib import Path
+
+    from .errors import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a torn or foreign file
+        raise ArtifactError(f"evaluation checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                            f"delete it to start the evaluation over") from None
+    if not isinstance(state, dict) or state.get("key") != key:
+        raise ArtifactError(f"evaluation checkpoint {path} belongs to another evaluation (other images, "
+                            f"labels or settings); delete it or give another checkpoint path")
+    return state
+
+
 def evaluate_tensors(
     x: torch.Tensor, y: torch.Tensor, data: LTData, cfg: EvalConfig, show_progress: bool = False,
-    tracker: Any = None,
+    tracker: Any = None, checkpoint: Any = None, checkpoint_every: int = 0,
 ) -> EvalResult:
     """Run the protocol ``cfg.runs`` times on (x, y); run r uses seed ``derive_seed(cfg.seed, 'run', r)``.
 
@@ -433,6 +506,14 @@ def evaluate_tensors(
     (run r to rank ``r % world_size``) and gathered: every rank returns the result one
     process gives (each run depends only on its seed); only rank 0 shows progress and
     talks to ``tracker``.
+
+    ``checkpoint`` (a file path) makes the evaluation resumable: every ``checkpoint_every``
+    epochs (0: a twentieth of the epochs) and after every run group the state is written
+    atomically there, a later call with the same path, tensors and settings continues from it
+    and returns what the uninterrupted evaluation returns (a run's ``seconds`` then include
+    the time before the interruption); the file is removed when the evaluation finishes. A
+    checkpoint of another evaluation is refused. Under ``torch.distributed`` each rank keeps
+    its own file (``<path>.rank<r>``).
     """
     from .distributed import all_gather_objects, current, device_for, shard
     from .progress import progress_bar
@@ -456,10 +537,25 @@ def evaluate_tensors(
     seeds = [derive_seed(cfg.seed, "run", r) for r in mine]
     groups = ([seeds] if seeds else []) if cfg.batched_runs else [[s] for s in seeds]
     runs = []
+    ck_path = ck_key = state = None
+    if checkpoint:
+        from pathlib import Path
+
+        ck_path = Path(f"{checkpoint}.rank{rank.rank}" if rank.enabled else checkpoint)
+        ck_key = _checkpoint_key(x, y, cfg)
+        state = _load_checkpoint(ck_path, ck_key)
+    ck_every = checkpoint_every or max(1, cfg.epochs // 20)
+    if state is not None:
+        runs = [RunResult(**r) for r in state["runs"]]
     for k, group in enumerate(groups):
-        t0 = time.perf_counter()
+        if k < (state["groups_done"] if state is not None else 0):
+            continue  # finished before the interruption: its runs are in ``runs``
+        resume = state["train"] if state is not None and state["train"] is not None and state["group"] == k else None
+        t0 = time.perf_counter() - (resume["elapsed"] if resume else 0.0)
         with progress_bar(total=cfg.epochs, desc=f"eval {cfg.net} ({len(group)} run(s), group {k + 1}/{len(groups)})",
                           enabled=show_progress) as bar:
+            if resume and bar is not None:
+                bar.update(int(resume["epoch"]))
             on_epoch = None
             if tracker:
                 def on_epoch(ep, losses, lr, _k=k):
@@ -477,14 +573,30 @@ def evaluate_tensors(
                     _best[r] = max(_best[r], acc)
                     _curves[r].append([ep, acc])
 
+            if resume:
+                best[:] = resume["best"]
+                curves[:] = resume["curves"]
+            on_checkpoint = None
+            if ck_path is not None:
+                def on_checkpoint(train, _k=k, _t0=t0, _best=best, _curves=curves, _runs=runs):
+                    train |= {"elapsed": time.perf_counter() - _t0, "best": list(_best),
+                              "curves": copy.deepcopy(_curves)}
+                    atomic_torch_save({"key": ck_key, "groups_done": _k, "group": _k, "train": train,
+                                       "runs": [dataclasses.asdict(r) for r in _runs]}, ck_path)
+
             every = cfg.selection_every or max(1, cfg.epochs // 10)
             nets, last = train_nets(x, y, data, cfg, group, bar, on_epoch, every if selecting else 0,
-                                    on_test if selecting else None, teacher)
+                                    on_test if selecting else None, teacher, on_checkpoint, ck_every, resume)
         tested = [test_accuracy(net, data, device, cfg.test_batch_size, mode, cfg.bf16) for net in nets]
         dt = (time.perf_counter() - t0) / len(group)
         runs += [RunResult(acc, per_class, dt, loss, max(b, acc) if selecting else None,
                            [*curve, [cfg.epochs, acc]] if selecting else None)
                  for (acc, per_class), loss, b, curve in zip(tested, last, best, curves)]
+        if ck_path is not None and k + 1 < len(groups):
+            atomic_torch_save({"key": ck_key, "groups_done": k + 1, "group": k + 1, "train": None,
+                               "runs": [dataclasses.asdict(r) for r in runs]}, ck_path)
+    if ck_path is not None:
+        ck_path.unlink(missing_ok=True)
     if rank.enabled:  # every rank's runs, back in run order
         by_run = {}
         for r, got in enumerate(all_gather_objects(runs, "gathering the evaluation runs")):
@@ -503,7 +615,8 @@ def evaluate_tensors(
     return res
 
 
-def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False, tracker: Any = None) -> EvalResult:
+def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False, tracker: Any = None,
+                 checkpoint: Any = None) -> EvalResult:
     """Evaluate a :class:`~ltdistill.artifact.DistilledSet` on ``data``'s test split."""
     check_compatible(s, data)
     use_soft = cfg.labels == "soft" or (cfg.labels == "auto" and s.soft_labels is not None)
@@ -516,15 +629,17 @@ def evaluate_set(s, data: LTData, cfg: EvalConfig, show_progress: bool = False, 
     source = "protocol"
     if cfg.lr_from_set and learned is not None:
         cfg, source = dataclasses.replace(cfg, lr=float(learned)), "set"
-    res = evaluate_tensors(x, y, data, cfg, show_progress, tracker)
+    res = evaluate_tensors(x, y, data, cfg, show_progress, tracker, checkpoint)
     res.config["lr_source"] = source
     return res
 
 
-def evaluate_full(data: LTData, cfg: EvalConfig, show_progress: bool = False, tracker: Any = None) -> EvalResult:
-    """The "whole long-tailed dataset" reference: the same trainer on every real image."""
+def evaluate_full(data: LTData, cfg: EvalConfig, show_progress: bool = False, tracker: Any = None,
+                  checkpoint: Any = None) -> EvalResult:
+    """The "whole long-tailed dataset" reference: the same trainer on every real image
+    (resumable through ``checkpoint``, see :func:`evaluate_tensors`)."""
     x = data.normalize(data.train.images)
-    return evaluate_tensors(x, data.train.labels, data, cfg, show_progress, tracker)
+    return evaluate_tensors(x, data.train.labels, data, cfg, show_progress, tracker, checkpoint)
 
 
 def check_compatible(s, data: LTData) -> None:
