@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The benchmark cells still open (issues 16 and 21), most wanted first, for a lent GPU's
+# The benchmark work still open (issues 21 and 22), most wanted first, for a lent GPU's
 # 15 minutes: each line is one bench/accuracy.py call under one shared deadline, so running
 # out of time loses only the cell in progress. The committed rows are copied in first (so done
 # cells are skipped); only the rows this run adds come back, as $OUT/new_rows.jsonl (append
-# them to bench/results/accuracy.jsonl, then run bench/report.py). Every row records its
+# them to bench/results/accuracy.jsonl) and $OUT/new_strongest.jsonl (append them to
+# bench/results/strongest.jsonl), then run bench/report.py. Every row records its
 # machine. IF 100 only: the data copy (34 MB, the exact IF-100 split) is what fits the 64 MiB
 # the working tree may carry; an IF-10 or IF-200 copy (`lt_subset_tar.py … 10`) does not fit
 # beside it, so those cells stay on the CPU (or a later session carries that copy instead):
@@ -22,6 +23,8 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT" "$W"
 cp bench/results/accuracy.jsonl "$W/accuracy.jsonl"
 n0=$(wc -l < "$W/accuracy.jsonl")
+touch "$W/strongest.jsonl"; [ -f bench/results/strongest.jsonl ] && cp bench/results/strongest.jsonl "$W/strongest.jsonl"
+s0=$(wc -l < "$W/strongest.jsonl")
 deadline=$((SECONDS + ${BUDGET_S:-480}))
 
 cell() {  # one accuracy.py call, stopped at the deadline
@@ -31,12 +34,22 @@ cell() {  # one accuracy.py call, stopped at the deadline
   timeout "$left" "$PY" bench/accuracy.py --data-root "$DATA" --out-dir "$W" "$@" 2>&1 | tail -n 40 >> "$OUT/cells.log"
 }
 
+strongest() {  # issue 22's validation search (IF 100), trial by trial, stopped at the deadline
+  local left=$((deadline - SECONDS))
+  if [ "$left" -le 20 ]; then echo "skipped (no time left): strongest search" | tee -a "$OUT/cells.log"; return 0; fi
+  echo "== strongest search (${left}s left)" | tee -a "$OUT/cells.log"
+  timeout "$left" "$PY" bench/strongest.py --protocol "${STRONGEST_PROTOCOL:-strongest-v1}" search \
+    --data-root "$DATA" --out "$W/strongest.jsonl" 2>&1 \
+    | tail -n 40 >> "$OUT/cells.log"
+}
+
 if [ "${CELLS:-open}" = smoke ]; then
   cell --grid smoke --protocol smoke
+  STRONGEST_PROTOCOL=smoke strongest
 else
-  cell --grid lad --protocol cpu-lad-v1 --imbalance 100            # issue 16: no-ed, base
-  cell --grid protocols --imbalance 100 --method random --method dm --method csdm   # issue 21
-  cell --grid protocols --imbalance 100 --method ncfm
+  cell --grid protocols --imbalance 100 --variant converged   # issue 21: whole-LT reference, 200 epochs per profile
+  strongest                                                  # issue 22: the validation trials not yet run
 fi
 tail -n +$((n0 + 1)) "$W/accuracy.jsonl" > "$OUT/new_rows.jsonl"
-echo "$(wc -l < "$OUT/new_rows.jsonl") new rows in $OUT/new_rows.jsonl" | tee -a "$OUT/cells.log"
+tail -n +$((s0 + 1)) "$W/strongest.jsonl" > "$OUT/new_strongest.jsonl"
+echo "$(wc -l < "$OUT/new_rows.jsonl") new rows in $OUT/new_rows.jsonl, $(wc -l < "$OUT/new_strongest.jsonl") in $OUT/new_strongest.jsonl" | tee -a "$OUT/cells.log"
