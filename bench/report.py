@@ -312,11 +312,15 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
     out = ["", "## The strongest honest set (protocol `strongest-v1`, `bench/strongest.py`)", "",
            "Every choice on a validation split (20 % of each class of the LT *training* data, class-balanced "
            "accuracy); the test split scored once per chosen configuration. Search trials, in order:", "",
-           "| recipe | validation balanced acc | validation tail | distill s | eval s |", "|---|---|---|---|---|"]
+           "| recipe | validation balanced acc | validation tail | teacher's own balanced acc | distill s | eval s |",
+           "|---|---|---|---|---|---|"]
     def dsec(r: dict) -> str:  # a trial that changed only labels or evaluation reuses an earlier trial's set
         return "set reused" if r.get("distill_reused") else f"{r['distill_seconds']:.0f}"
 
-    out += [f"| {pt(r)} | {r['score']:.2f} | {r['tail']:.1f} | {dsec(r)} | {r['eval_seconds']:.0f} |"
+    def teach(r: dict) -> str:  # soft-label trials: the teacher's accuracy on the same split
+        return f"{r['teacher']['balanced']:.1f}" if r.get("teacher") else "–"
+
+    out += [f"| {pt(r)} | {r['score']:.2f} | {r['tail']:.1f} | {teach(r)} | {dsec(r)} | {r['eval_seconds']:.0f} |"
             for r in rows if r["split"] == "validation"]
     test = [r for r in rows if r["split"] == "test"]
     if test:

@@ -122,6 +122,17 @@ def teacher_for(data, proto: dict, tag: str, seed: int) -> Path:
     return path
 
 
+def teacher_score(t: dict, data) -> dict:
+    """The teacher's own accuracy on the trial's scoring split (validation or test): the
+    ceiling its soft labels carry, recorded beside the student's."""
+    from ltdistill.teacher import teacher_logits
+
+    pred = teacher_logits(t, data.normalize(data.test.images)).argmax(1)
+    y = data.test.labels
+    per = [float((pred[y == c] == c).float().mean() * 100) for c in range(data.num_classes)]
+    return {"acc": float((pred == y).float().mean() * 100), "balanced": sum(per) / len(per), "per_class": per}
+
+
 def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imbalance: float | None = None) -> dict:
     """One configuration, scored on the validation split (``split="validation"``: distilled
     from the training part) or on the test split (distilled from the whole training split)."""
@@ -157,6 +168,7 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
     if labels != "hard":
         tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed)
         extra["teacher_seconds"] = round(float(load_teacher(tpath).get("train_seconds", 0.0)), 1)
+        extra["teacher"] = teacher_score(load_teacher(tpath), data)
         if labels == "adsa":
             s = label_set(s, load_teacher(tpath), calibrate="adsa")
         else:  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
