@@ -4,8 +4,8 @@ long-tailed *training* data, the test split scored once per chosen configuration
 
 Protocol ``strongest-v1``: CIFAR-10-LT IF 100; 20 % of every class held out
 (:func:`ltdistill.data.holdout_validation`, seed 0). A trial distils IPC 10 from the other
-80 %, trains ConvNet-3 on the set (the trial's evaluation profile, 300 epochs, 2 runs, final
-epoch) and is scored by its class-balanced accuracy on the held-out 20 %. The search is
+80 %, trains ConvNet-3 on the set (the trial's evaluation profile, 300 epochs or 3x that, 2
+runs, final epoch) and is scored by its class-balanced accuracy on the held-out 20 %. The search is
 coordinate-wise over ``INGREDIENTS`` in order, from the first value of each (the benchmark's
 pipeline ncfm cell), ties to the earlier value; every trial appends one line to
 ``bench/results/strongest.jsonl`` (``split: "validation"``) and finished trials are skipped,
@@ -66,11 +66,16 @@ INGREDIENTS = [
     ("method", ["dm", "csdm", "mix"]),            # csdm (and mix's csdm classes): gradient-balanced scale
     ("labels", ["hard", "adsa", "teacher"]),      # ADSA soft labels / online teacher, logit-adjusted teacher
     ("eval", ["ncfm", "dm"]),                     # evaluation profile
+    ("eval_length", ["1x", "3x"]),                # evaluation epochs x the protocol's (still final epoch)
     ("calibration", ["fused", "step"]),           # step = NCFM's code (calib_mode=step)
     ("factor", [2, 4]),                           # multi-formation: 4 or 16 images per stored one
     ("budget", ["1x", "4x-iterations", "4x-batch"]),
 ]
 BUDGETS = {"1x": (1, 1), "4x-iterations": (4, 1), "4x-batch": (1, 4)}
+EVAL_LENGTHS = {"1x": 1, "3x": 3}
+# Ingredients added after trials had been run: a point at such an ingredient's first value is
+# keyed without it, so it matches the rows written before the ingredient existed.
+LATER = {"eval_length"}
 
 
 def load_rows(path: Path | None = None) -> list[dict]:
@@ -95,7 +100,9 @@ def recipe(point: dict, proto: dict) -> tuple[str, list[str], dict, str]:
 
 
 def key_of(point: dict, proto_name: str, seed: int, split: str, imbalance: float) -> str:
-    return json.dumps([proto_name, seed, split, imbalance, sorted(point.items())])
+    first = {k: vals[0] for k, vals in INGREDIENTS}
+    items = [(k, v) for k, v in point.items() if not (k in LATER and v == first[k])]
+    return json.dumps([proto_name, seed, split, imbalance, sorted(items)])
 
 
 def set_path(proto_name: str, split: str, imb: float, seed: int, method: str, overrides: list[str]) -> Path:
@@ -164,7 +171,8 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         s.extra["distill_seconds"] = distill_s
         ld.save_set(s, path)
     runs = proto["val_runs"] if split == "validation" else proto["test_runs"]
-    ecfg = dataclasses.replace(ld.EvalConfig(epochs=proto["eval_epochs"], runs=runs, seed=seed), **ev)
+    epochs = proto["eval_epochs"] * EVAL_LENGTHS[point.get("eval_length", "1x")]
+    ecfg = dataclasses.replace(ld.EvalConfig(epochs=epochs, runs=runs, seed=seed), **ev)
     if labels != "hard":
         tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed)
         extra["teacher_seconds"] = round(float(load_teacher(tpath).get("train_seconds", 0.0)), 1)
@@ -172,7 +180,7 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         if labels == "adsa":
             s = label_set(s, load_teacher(tpath), calibrate="adsa")
         else:  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
-            ecfg = dataclasses.replace(ecfg, teacher=str(tpath), teacher_hard_epochs=max(1, proto["eval_epochs"] // 15))
+            ecfg = dataclasses.replace(ecfg, teacher=str(tpath), teacher_hard_epochs=max(1, epochs // 15))
     t0 = time.perf_counter()  # the evaluation resumes after an interruption too (its file removed at the end)
     trial = hashlib.sha256(key_of(point, proto_name, seed, split, imb).encode()).hexdigest()[:16]
     res = ld.evaluate_set(s, data, ecfg, checkpoint=SETS / f"strongest-eval-{trial}.ckpt")
@@ -182,7 +190,8 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         "acc_mean": res.acc_mean, "acc_std": res.acc_std, "run_accs": [r.acc for r in res.runs],
         "per_class": res.per_class_mean, "head": res.groups["head"], "medium": res.groups["medium"],
         "tail": res.groups["tail"], "labels_track": res.label_track, "overrides": over, "eval": ev,
-        "distill_seconds": round(distill_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1), **extra,
+        "eval_epochs": epochs, "distill_seconds": round(distill_s, 1),
+        "eval_seconds": round(time.perf_counter() - t0, 1), **extra,
         "seed": seed, "protocol": proto_name, "protocol_spec": proto, "commit": COMMIT,
         "date": dt.date.today().isoformat(), "torch": torch.__version__,
     }

@@ -236,7 +236,7 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
 
     best = st.search(score)
     assert best == {"method": "csdm", "calibration": "fused", "factor": 2, "labels": "teacher", "eval": "ncfm",
-                    "budget": "1x"}
+                    "eval_length": "1x", "budget": "1x"}
     assert seen[0] == {k: v[0] for k, v in st.INGREDIENTS}  # starts at pipeline ncfm's cell
     assert st.search(lambda pt: None) is None
     abl = dict(st.ablations(best))
@@ -252,6 +252,10 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
     key = [st.set_path("strongest-v1", "validation", 100, 0, *st.recipe(p, proto)[:2])
            for p in (best, {**best, "labels": "adsa", "eval": "dm"}, {**best, "factor": 4})]
     assert key[0] == key[1] != key[2]
+    # an ingredient added later is keyed only away from its first value (older rows still match)
+    k = st.key_of(best, "strongest-v1", 0, "validation", 100)
+    assert k == st.key_of({x: v for x, v in best.items() if x != "eval_length"}, "strongest-v1", 0, "validation", 100)
+    assert k != st.key_of({**best, "eval_length": "3x"}, "strongest-v1", 0, "validation", 100)
 
 
 def test_grid_strongest_runs_the_search_then_the_test_stage(monkeypatch, tmp_path):
