@@ -306,8 +306,12 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
     if not rows:
         return []
 
+    order = ["method", "labels", "eval", "eval_length", "calibration", "factor", "budget"]  # bench/strongest.py
+    later = {"eval_length": "1x"}  # ingredients added after the first rows: their first value where absent
+
     def pt(r: dict) -> str:
-        return ", ".join(f"{k} {v}" for k, v in r["point"].items())
+        p = {**later, **r["point"]}
+        return ", ".join(f"{k} {p[k]}" for k in sorted(p, key=lambda k: order.index(k) if k in order else 99))
 
     out = ["", "## The strongest honest set (protocol `strongest-v1`, `bench/strongest.py`)", "",
            "Every choice on a validation split (20 % of each class of the LT *training* data, class-balanced "
