@@ -123,3 +123,55 @@ def test_demo_quick(tmp_path, capsys):
     assert code == 0 and "full-LT-data" in out and "random" in out
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(res["results"]) >= {"random", "kcenter", "herding", "full-LT-data"}
+
+
+TINY_RUN = """method: dm
+ipc: 2
+options:
+  iterations: 3
+  batch_real: 16
+teacher:
+  epochs: 2
+  logit_adjust: 1.0
+eval:
+  epochs: 3
+  runs: 1
+  teacher_hard_epochs: 1
+"""
+
+
+def test_run_distills_trains_the_presets_teacher_evaluates_and_continues(tmp_path, capsys):
+    """``ltdistill run``: one folder with the set, the teacher of the preset's ``teacher``
+    section (its settings, not the evaluation's) and the result of an evaluation taught by it;
+    a rerun redoes nothing, a lost result is re-evaluated alone, other settings are refused."""
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(TINY_RUN)
+    out = tmp_path / "run"
+    argv = ["run", "--dataset", "digits", "--imbalance", "10", "--preset", str(preset), "--out", str(out),
+            "--quiet", "--device", "cpu", "--seed", "1"]
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0 and "accuracy (teacher labels, 1 runs)" in stdout
+    r = json.loads((out / "result.json").read_text())
+    assert r["method"] == "dm" and r["config"]["teacher"] == str(out / "teacher.pt") and len(r["runs"]) == 1
+    t = torch.load(out / "teacher.pt", weights_only=True)
+    assert t["config"]["epochs"] == 2 and t["config"]["logit_adjust"] == 1.0 and t["seed"] == 1
+    assert (out / "per_class.png").is_file() and not (out / "eval.ckpt").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "set.pt", out / "teacher.pt", out / "result.json")}
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0 and "finished run" in stdout and "using the finished set" in err
+    assert all(p.stat().st_mtime_ns == m for p, m in stamps.items())
+    (out / "result.json").unlink()
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0 and json.loads((out / "result.json").read_text())["acc_mean"] == r["acc_mean"]
+    assert all(p.stat().st_mtime_ns == m for p, m in stamps.items() if p.name != "result.json")
+    code, _, err = run(capsys, *argv, "-s", "options.iterations=4")
+    assert code == 2 and "holds a run with other settings" in err and "Traceback" not in err
+
+
+def test_teacher_command_reads_the_presets_teacher_section(tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(TINY_RUN)
+    out = tmp_path / "t.pt"
+    code, _, _ = run(capsys, "teacher", "--dataset", "digits", "--imbalance", "10", "--preset", str(preset),
+                     "--out", str(out), "--quiet")
+    assert code == 0 and torch.load(out, weights_only=True)["config"]["epochs"] == 2

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .config import apply_dict, apply_overrides, has_key, list_presets, load_yaml, to_dict, valid_keys
-from .errors import ConfigError, LtdError, TrainingError
+from .errors import ArtifactError, ConfigError, LtdError, TrainingError
 
 
 def _registries() -> str:
@@ -153,11 +153,16 @@ def _tracker(args: argparse.Namespace, config: dict, name: str, job: str):
 
 
 # ----------------------------------------------------------------------------- evaluate
-def build_eval_config(args: argparse.Namespace):
+def build_eval_config(args: argparse.Namespace, section: str = "eval"):
+    """defaults < the presets' ``section`` (``eval``; ``teacher`` for the teacher command, which
+    falls back to ``eval`` when no preset has one) < explicit flags < ``-s key=value``."""
     from .evaluate import EvalConfig
 
     profile = [f"eval-{args.profile}"] if getattr(args, "profile", None) else []  # first: presets after it win
-    cfg = apply_dict(EvalConfig(), merged_presets(profile + (args.preset or [])).get("eval") or {})
+    merged = merged_presets(profile + (args.preset or []))
+    if section not in merged:
+        section = "eval"
+    cfg = apply_dict(EvalConfig(), merged.get(section) or {})
     flags = {"net": args.net, "epochs": args.epochs, "runs": args.runs, "lr": args.lr,
              "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "labels": args.labels,
              "teacher": getattr(args, "teacher", None)}
@@ -258,7 +263,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from .tracking import check_extras
     from .utils import check_writable
 
-    cfg = build_eval_config(args)
+    cfg = build_eval_config(args, "teacher")
     check_extras(args.tensorboard, args.wandb)
     check_writable(args.out, "--out")
     data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed,
@@ -268,6 +273,86 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     save_teacher(t, args.out)
     print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images, "
           f"{cfg.epochs} epochs, final loss {t['final_loss']:.3f}); wrote {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+RUN_FORMAT = "ltdistill-run"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """distill, then (when a preset has a ``teacher`` section) train the teacher on the same
+    long-tailed split, then evaluate with the presets' ``eval`` section (online soft labels from
+    that teacher): one folder, every step skipped when its output exists, the distillation and
+    the evaluation resumed from their checkpoints, so the same command continues an
+    interrupted run."""
+    from .data import data_from_record
+    from .distributed import launched_by_torchrun
+    from .teacher import save_teacher, train_teacher
+
+    if launched_by_torchrun():
+        raise ConfigError("ltdistill run is one process: under torchrun run `distill` and `evaluate` themselves")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    presets = args.preset or []
+    merged = merged_presets(presets)  # an unknown preset fails here, before anything runs
+    data_argv = [f for k, v in (("--dataset", args.dataset), ("--data-root", args.data_root),
+                                ("--imbalance", args.imbalance), ("--split-seed", args.split_seed),
+                                ("--image-size", args.image_size), ("--n-per-class", args.n_per_class),
+                                ("--method", args.method), ("--ipc", args.ipc)) if v is not None for f in (k, str(v))]
+    common = [f for k, v in (("--seed", args.seed), ("--device", args.device)) if v is not None for f in (k, str(v))]
+    common += [f for p in presets for f in ("--preset", p)] + (["--quiet"] if args.quiet else [])
+    spec = {"format": RUN_FORMAT, "data": data_argv, "common": common, "set": args.set or [],
+            "eval_set": args.eval_set or [], "teacher": "teacher" in merged}
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = out / "run.json"
+    if stamp.is_file():
+        try:
+            old = json.loads(stamp.read_text())
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"cannot read {stamp}: {e}") from None
+        if old != spec:
+            raise ConfigError(f"{out} holds a run with other settings ({stamp}); give another --out, or delete "
+                              f"the folder to start again")
+    else:
+        _write_json(stamp, spec)
+    parser = build_parser()
+    s_path, t_path, j_path = out / "set.pt", out / "teacher.pt", out / "result.json"
+    if not s_path.is_file():
+        resume = ["--resume"] if (out / "set.ckpt").is_file() else []
+        argv = ["distill", *data_argv, *common, *resume, "--out", str(s_path)]
+        argv += [f for kv in args.set or [] for f in ("-s", kv)]
+        if cmd_distill(parser.parse_args(argv)):
+            return 1
+    else:
+        print(f"ltdistill: using the finished set {s_path}", file=sys.stderr)
+    teacher: list[str] = []
+    if spec["teacher"]:
+        if not t_path.is_file():
+            from .artifact import load_set
+
+            s = load_set(s_path)
+            data = data_from_record(s.dataset, args.data_root or (s.config.get("data") or {}).get("data_root"),
+                                    show_progress=not args.quiet)
+            tcfg = build_eval_config(parser.parse_args(["teacher", "--dataset", s.dataset["name"], "--out",
+                                                        str(t_path), *common]), "teacher")
+            t0 = time.perf_counter()
+            t = train_teacher(data, tcfg, tcfg.seed, show_progress=not args.quiet)
+            save_teacher(t, t_path)
+            print(f"trained teacher {tcfg.net} ({tcfg.epochs} epochs, logit_adjust {tcfg.logit_adjust:g}) on "
+                  f"{len(data.train)} images in {time.perf_counter() - t0:.1f}s; wrote {t_path}")
+        teacher = ["--teacher", str(t_path)]
+    if not j_path.is_file():
+        argv = ["evaluate", str(s_path), *common, *teacher, "--json", str(j_path),
+                "--plot", str(out / "per_class.png"), "--checkpoint", str(out / "eval.ckpt")]
+        argv += [f for kv in args.eval_set or [] for f in ("-s", kv)]
+        if args.data_root:
+            argv += ["--data-root", args.data_root]
+        return cmd_evaluate(parser.parse_args(argv))
+    r = json.loads(j_path.read_text())
+    print(f"finished run in {out}: {r['acc_mean']:.2f} ± {r['acc_std']:.2f} % over {len(r['runs'])} runs "
+          f"(tail {r['groups']['tail']:.1f}); {j_path}")
     return 0
 
 
@@ -480,6 +565,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     common(t)
     t.set_defaults(func=cmd_teacher, runs=None, labels=None)
+
+    r = sub.add_parser("run", help="distill, train the preset's teacher (if any) and evaluate, in one folder",
+                       epilog=_registries(), formatter_class=fmt)
+    data_flags(r)
+    r.add_argument("--ipc", type=int)
+    r.add_argument("--method")
+    r.add_argument("--out", required=True, metavar="DIR",
+                   help="the run's folder: set.pt, teacher.pt, result.json, per_class.png (a rerun continues it)")
+    r.add_argument("--eval-set", action="append", metavar="KEY=VALUE", help="evaluation override (-s is distill's)")
+    common(r)
+    r.set_defaults(func=cmd_run)
 
     xp = sub.add_parser("experts", help="train (or finish) LAD's expert trajectories for a split, cached",
                         epilog=_registries(), formatter_class=fmt)
