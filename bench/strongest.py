@@ -112,6 +112,26 @@ def set_path(proto_name: str, split: str, imb: float, seed: int, method: str, ov
     return SETS / f"strongest-{split}-if{imb:g}-{method}-s{seed}-{h}.pt"
 
 
+def teacher_config(proto: dict, seed: int):
+    """The teacher's training: ConvNet-3, SPEC §7's settings, the logit-adjusted loss (τ = 1)."""
+    return ld.EvalConfig(epochs=proto["teacher_epochs"], runs=1, seed=seed, logit_adjust=1.0)
+
+
+def configs(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb: float):
+    """(distillation config, evaluation config, teacher config or None) of a point: the
+    evaluation's ``teacher`` file and ADSA relabelling are filled in by :func:`run`."""
+    proto = PROTOCOLS[proto_name]
+    method, over, ev, labels = recipe(point, proto)
+    cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
+    cfg = apply_overrides(cfg, [f"data.imbalance={imb}", f"data.data_root={data_root}", *over])
+    runs = proto["val_runs"] if split == "validation" else proto["test_runs"]
+    epochs = proto["eval_epochs"] * EVAL_LENGTHS[point.get("eval_length", "1x")]
+    ecfg = dataclasses.replace(ld.EvalConfig(epochs=epochs, runs=runs, seed=seed), **ev)
+    if labels == "teacher":  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
+        ecfg = dataclasses.replace(ecfg, teacher_hard_epochs=max(1, epochs // 15))
+    return cfg, ecfg, (teacher_config(proto, seed) if labels != "hard" else None)
+
+
 def teacher_for(data, proto: dict, tag: str, seed: int) -> Path:
     """A ConvNet-3 trained on ``data``'s training split with the logit-adjusted loss (cached)."""
     h = hashlib.sha256(json.dumps([data.split_record(), proto["teacher_epochs"], seed, tag]).encode()).hexdigest()[:12]
@@ -122,8 +142,7 @@ def teacher_for(data, proto: dict, tag: str, seed: int) -> Path:
         SETS.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         print(f"  training the teacher ({proto['teacher_epochs']} epochs, logit-adjusted) ...", flush=True)
-        t = train_teacher(data, ld.EvalConfig(epochs=proto["teacher_epochs"], runs=1, seed=seed, logit_adjust=1.0),
-                          seed)
+        t = train_teacher(data, teacher_config(proto, seed), seed)
         t["train_seconds"] = time.perf_counter() - t0
         save_teacher(t, path)
     return path
@@ -150,8 +169,7 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
     full = ld.load_lt_data("cifar10", data_root, imbalance=imb)
     data = holdout_validation(full, proto["fraction"], proto["holdout_seed"]) if split == "validation" else full
     method, over, ev, labels = recipe(point, proto)
-    cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
-    cfg = apply_overrides(cfg, [f"data.imbalance={imb}", f"data.data_root={data_root}", *over])
+    cfg, ecfg, _ = configs(point, proto_name, data_root, seed, split, imb)
     # The set depends only on the distillation settings: trials that change the labels or the
     # evaluation reuse it; an interrupted distillation resumes from its checkpoint.
     path = set_path(proto_name, split, imb, seed, method, over)
@@ -170,17 +188,14 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         distill_s = time.perf_counter() - t0
         s.extra["distill_seconds"] = distill_s
         ld.save_set(s, path)
-    runs = proto["val_runs"] if split == "validation" else proto["test_runs"]
-    epochs = proto["eval_epochs"] * EVAL_LENGTHS[point.get("eval_length", "1x")]
-    ecfg = dataclasses.replace(ld.EvalConfig(epochs=epochs, runs=runs, seed=seed), **ev)
     if labels != "hard":
         tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed)
         extra["teacher_seconds"] = round(float(load_teacher(tpath).get("train_seconds", 0.0)), 1)
         extra["teacher"] = teacher_score(load_teacher(tpath), data)
         if labels == "adsa":
             s = label_set(s, load_teacher(tpath), calibrate="adsa")
-        else:  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
-            ecfg = dataclasses.replace(ecfg, teacher=str(tpath), teacher_hard_epochs=max(1, epochs // 15))
+        else:
+            ecfg = dataclasses.replace(ecfg, teacher=str(tpath))
     t0 = time.perf_counter()  # the evaluation resumes after an interruption too (its file removed at the end)
     trial = hashlib.sha256(key_of(point, proto_name, seed, split, imb).encode()).hexdigest()[:16]
     res = ld.evaluate_set(s, data, ecfg, checkpoint=SETS / f"strongest-eval-{trial}.ckpt")
@@ -190,7 +205,7 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         "acc_mean": res.acc_mean, "acc_std": res.acc_std, "run_accs": [r.acc for r in res.runs],
         "per_class": res.per_class_mean, "head": res.groups["head"], "medium": res.groups["medium"],
         "tail": res.groups["tail"], "labels_track": res.label_track, "overrides": over, "eval": ev,
-        "eval_epochs": epochs, "distill_seconds": round(distill_s, 1),
+        "eval_epochs": ecfg.epochs, "distill_seconds": round(distill_s, 1),
         "eval_seconds": round(time.perf_counter() - t0, 1), **extra,
         "seed": seed, "protocol": proto_name, "protocol_spec": proto, "commit": COMMIT,
         "date": dt.date.today().isoformat(), "torch": torch.__version__,
@@ -222,10 +237,58 @@ def ablations(best: dict) -> list[tuple[str, dict]]:
     return out
 
 
+PRESET = HERE.parent / "src" / "ltdistill" / "presets" / "strongest-cpu.yaml"
+
+
+def preset_text(point: dict, proto_name: str = "strongest-v1", score: float | None = None) -> str:
+    """The YAML of ``ltdistill run --preset strongest-cpu``: the chosen point's distillation
+    options, its teacher and its evaluation, exactly the configs :func:`configs` builds for the
+    test stage (tests/test_presets.py checks that), written by ``strongest.py preset``."""
+    import yaml
+
+    from ltdistill.config import resolve_key, to_dict, valid_keys
+
+    proto = PROTOCOLS[proto_name]
+    method, over, _, labels = recipe(point, proto)
+    if labels == "adsa":
+        raise SystemExit("ADSA labels are written into a set by `ltdistill label`; a preset cannot carry them")
+    cfg, ecfg, tcfg = configs(point, proto_name, "", 0, "test", proto["imbalance"])
+    flat = to_dict(cfg)
+    options: dict = {}
+    for item in over:  # each override, at its full key, with the value the config holds
+        key = resolve_key(dict.fromkeys(valid_keys(cfg)), item.split("=", 1)[0])
+        value = flat
+        for part in key.split("."):
+            value = value[part]
+        node = options
+        *parents, leaf = key.removeprefix("options.").split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def changed(c) -> dict:  # the evaluation fields that differ from the defaults (SPEC §7)
+        base = to_dict(ld.EvalConfig())
+        return {k: v for k, v in to_dict(c).items() if v != base[k] and k != "seed"}
+
+    body = {"chosen_by": {"protocol": proto_name, "point": dict(point),
+                          **({"validation_balanced_acc": round(score, 2)} if score is not None else {})},
+            "method": method, "data": {"dataset": "cifar10", "imbalance": proto["imbalance"]}, "ipc": proto["ipc"],
+            "options": options, **({"teacher": changed(tcfg)} if tcfg is not None else {}),
+            "eval": {"net": ecfg.net, **changed(ecfg)}}
+    head = (f"# The strongest honest set (issue 22): the recipe the {proto_name} search chose on its validation\n"
+            "# split (20 % of each class of the long-tailed training data; never the test split). GENERATED by\n"
+            "# `python bench/strongest.py preset` from bench/results/strongest.jsonl: do not edit by hand.\n"
+            "# One command distils the set, trains the teacher and evaluates (final epoch):\n"
+            "#   ltdistill run --preset strongest-cpu --data-root ../shared/datasets/cifar10 --out runs/strongest\n"
+            "# Other imbalance factors with the same recipe (no re-tuning): add --imbalance 10 (or 200).\n")
+    return head + yaml.safe_dump(body, sort_keys=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     global RESULTS, SETS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["search", "test", "show"])
+    p.add_argument("stage", choices=["search", "test", "show", "preset"],
+                   help="preset: write src/ltdistill/presets/strongest-cpu.yaml from the finished search")
     p.add_argument("--data-root", required=True)
     p.add_argument("--protocol", default="strongest-v1", choices=sorted(PROTOCOLS))
     p.add_argument("--seed", type=int, default=0)
@@ -255,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         raise SystemExit("the validation search has not finished: run `bench/strongest.py search` first")
     print(json.dumps({"chosen": best}), flush=True)
+    if a.stage == "preset":
+        PRESET.write_text(preset_text(best, a.protocol, scored(best, "validation", imb0, False)))
+        print(f"wrote {PRESET}")
     if a.stage == "test":
         scored(best, "test", imb0, True)
         for _, pt in ablations(best):

@@ -115,3 +115,39 @@ def test_print_config_of_stacked_presets_cli(capsys):
     out = capsys.readouterr()
     assert json.loads(out.out)["options"]["extraction"]["extractor"] == "pool"
     assert "not used by method 'dm': num_freqs" in out.err
+
+
+STRONGEST_POINTS = [
+    {"method": "csdm", "labels": "teacher", "eval": "ncfm", "eval_length": "3x", "calibration": "fused", "factor": 2,
+     "budget": "1x"},
+    {"method": "dm", "labels": "hard", "eval": "dm", "eval_length": "1x", "calibration": "step", "factor": 4,
+     "budget": "4x-batch"},
+]
+
+
+@pytest.mark.parametrize("point", STRONGEST_POINTS, ids=["csdm-teacher", "dm-hard"])
+def test_strongest_preset_builds_the_test_stages_configs(point, tmp_path):
+    """bench/strongest.py's preset text, read back by the CLI, is the distillation, evaluation
+    and teacher config its test stage runs: `ltdistill run --preset strongest-cpu` is that recipe."""
+    st = _bench("strongest")
+    path = tmp_path / "strongest.yaml"
+    path.write_text(st.preset_text(point, score=50.0))
+    cfg, ecfg, tcfg = st.configs(point, "strongest-v1", "/data", 0, "test", 100)
+    assert to_dict(_distill_cfg("--preset", str(path), "--data-root", "/data")) == to_dict(cfg)
+    assert build_eval_config(build_parser().parse_args(["evaluate", "x.pt", "--preset", str(path)])) == ecfg
+    teacher_args = build_parser().parse_args(["teacher", "--dataset", "cifar10", "--out", "t.pt", "--preset", str(path)])
+    assert (("teacher" in load_yaml(str(path))) == (tcfg is not None))
+    if tcfg is not None:
+        assert build_eval_config(teacher_args, "teacher") == tcfg
+    with pytest.raises(SystemExit, match="ltdistill label"):
+        st.preset_text({**point, "labels": "adsa"})
+
+
+@pytest.mark.parametrize("preset", [p for p in list_presets() if "chosen_by" in load_yaml(p)])
+def test_a_chosen_preset_is_what_its_search_chose(preset):
+    """A committed preset with ``chosen_by`` is exactly what bench/strongest.py writes for
+    the point and score it names (regenerate it after the search changes)."""
+    st = _bench("strongest")
+    meta = load_yaml(preset)["chosen_by"]
+    want = st.preset_text(meta["point"], meta["protocol"], meta.get("validation_balanced_acc"))
+    assert (REPO / "src" / "ltdistill" / "presets" / f"{preset}.yaml").read_text() == want

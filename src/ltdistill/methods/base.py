@@ -107,7 +107,7 @@ def make_config(method: str, **top: Any) -> DistillConfig:
 # ``method`` (the default method), ``per_method`` (option values for one method only,
 # e.g. csdm's loss scale in the second pipeline) and ``reproduces`` (the benchmark
 # cells the preset reproduces exactly; checked by the tests).
-PRESET_META_KEYS = ("eval", "method", "per_method", "reproduces", "teacher")
+PRESET_META_KEYS = ("eval", "method", "per_method", "reproduces", "teacher", "chosen_by")
 
 
 def option_keys_of_any_method() -> set[str]:
