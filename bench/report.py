@@ -306,11 +306,14 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
     if not rows:
         return []
 
-    order = ["method", "labels", "eval", "eval_length", "calibration", "factor", "budget"]  # bench/strongest.py
-    later = {"eval_length": "1x"}  # ingredients added after the first rows: their first value where absent
+    order = ["method", "labels", "eval", "eval_length", "teacher_length", "calibration", "factor",
+             "budget"]  # bench/strongest.py's INGREDIENTS
+    later = {"eval_length": "1x", "teacher_length": "1x"}  # added after the first rows: first value where absent
 
     def pt(r: dict) -> str:
         p = {**later, **r["point"]}
+        if p.get("labels") == "hard":
+            p.pop("teacher_length")  # no teacher
         return ", ".join(f"{k} {p[k]}" for k in sorted(p, key=lambda k: order.index(k) if k in order else 99))
 
     out = ["", "## The strongest honest set (protocol `strongest-v1`, `bench/strongest.py`)", "",

@@ -10,7 +10,7 @@ coordinate-wise over ``INGREDIENTS`` in order, from the first value of each (the
 pipeline ncfm cell), ties to the earlier value; every trial appends one line to
 ``bench/results/strongest.jsonl`` (``split: "validation"``) and finished trials are skipped,
 so the search resumes. Budget caps (issue 22): distillation iterations × batch_real at most 4×
-cpu-v1's (1000 × 64); the teacher (ConvNet-3, logit-adjusted loss τ = 1, ``teacher_epochs``)
+cpu-v1's (1000 × 64); the teacher (ConvNet-3, logit-adjusted loss τ = 1, ``teacher_epochs`` or 3x)
 trained on the same training part, well inside 2 hours on 2 cores.
 
 ``test`` then scores, on the test split and once each, the chosen recipe (distilled from the
@@ -67,15 +67,19 @@ INGREDIENTS = [
     ("labels", ["hard", "adsa", "teacher"]),      # ADSA soft labels / online teacher, logit-adjusted teacher
     ("eval", ["ncfm", "dm"]),                     # evaluation profile
     ("eval_length", ["1x", "3x"]),                # evaluation epochs x the protocol's (still final epoch)
+    ("teacher_length", ["1x", "3x"]),             # the teacher's epochs x the protocol's (soft labels only)
     ("calibration", ["fused", "step"]),           # step = NCFM's code (calib_mode=step)
     ("factor", [2, 4]),                           # multi-formation: 4 or 16 images per stored one
     ("budget", ["1x", "4x-iterations", "4x-batch"]),
 ]
 BUDGETS = {"1x": (1, 1), "4x-iterations": (4, 1), "4x-batch": (1, 4)}
 EVAL_LENGTHS = {"1x": 1, "3x": 3}
+TEACHER_LENGTHS = {"1x": 1, "3x": 3}
 # Ingredients added after trials had been run: a point at such an ingredient's first value is
 # keyed without it, so it matches the rows written before the ingredient existed.
-LATER = {"eval_length"}
+LATER = {"eval_length", "teacher_length"}
+# An ingredient that means nothing at some points: there it keeps its first value, untried.
+RELEVANT = {"teacher_length": lambda best: best["labels"] != "hard"}
 
 
 def load_rows(path: Path | None = None) -> list[dict]:
@@ -112,9 +116,10 @@ def set_path(proto_name: str, split: str, imb: float, seed: int, method: str, ov
     return SETS / f"strongest-{split}-if{imb:g}-{method}-s{seed}-{h}.pt"
 
 
-def teacher_config(proto: dict, seed: int):
+def teacher_config(proto: dict, seed: int, length: str = "1x"):
     """The teacher's training: ConvNet-3, SPEC §7's settings, the logit-adjusted loss (τ = 1)."""
-    return ld.EvalConfig(epochs=proto["teacher_epochs"], runs=1, seed=seed, logit_adjust=1.0)
+    return ld.EvalConfig(epochs=proto["teacher_epochs"] * TEACHER_LENGTHS[length], runs=1, seed=seed,
+                         logit_adjust=1.0)
 
 
 def configs(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb: float):
@@ -129,20 +134,21 @@ def configs(point: dict, proto_name: str, data_root: str, seed: int, split: str,
     ecfg = dataclasses.replace(ld.EvalConfig(epochs=epochs, runs=runs, seed=seed), **ev)
     if labels == "teacher":  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
         ecfg = dataclasses.replace(ecfg, teacher_hard_epochs=max(1, epochs // 15))
-    return cfg, ecfg, (teacher_config(proto, seed) if labels != "hard" else None)
+    tcfg = teacher_config(proto, seed, point.get("teacher_length", "1x")) if labels != "hard" else None
+    return cfg, ecfg, tcfg
 
 
-def teacher_for(data, proto: dict, tag: str, seed: int) -> Path:
+def teacher_for(data, proto: dict, tag: str, seed: int, tcfg) -> Path:
     """A ConvNet-3 trained on ``data``'s training split with the logit-adjusted loss (cached)."""
-    h = hashlib.sha256(json.dumps([data.split_record(), proto["teacher_epochs"], seed, tag]).encode()).hexdigest()[:12]
+    h = hashlib.sha256(json.dumps([data.split_record(), tcfg.epochs, seed, tag]).encode()).hexdigest()[:12]
     path = SETS / f"strongest-teacher-{tag}-{h}.pt"
     if not path.is_file():
         from ltdistill.teacher import save_teacher, train_teacher
 
         SETS.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        print(f"  training the teacher ({proto['teacher_epochs']} epochs, logit-adjusted) ...", flush=True)
-        t = train_teacher(data, teacher_config(proto, seed), seed)
+        print(f"  training the teacher ({tcfg.epochs} epochs, logit-adjusted) ...", flush=True)
+        t = train_teacher(data, tcfg, seed)
         t["train_seconds"] = time.perf_counter() - t0
         save_teacher(t, path)
     return path
@@ -169,7 +175,7 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
     full = ld.load_lt_data("cifar10", data_root, imbalance=imb)
     data = holdout_validation(full, proto["fraction"], proto["holdout_seed"]) if split == "validation" else full
     method, over, ev, labels = recipe(point, proto)
-    cfg, ecfg, _ = configs(point, proto_name, data_root, seed, split, imb)
+    cfg, ecfg, tcfg = configs(point, proto_name, data_root, seed, split, imb)
     # The set depends only on the distillation settings: trials that change the labels or the
     # evaluation reuse it; an interrupted distillation resumes from its checkpoint.
     path = set_path(proto_name, split, imb, seed, method, over)
@@ -189,7 +195,7 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         s.extra["distill_seconds"] = distill_s
         ld.save_set(s, path)
     if labels != "hard":
-        tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed)
+        tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed, tcfg)
         extra["teacher_seconds"] = round(float(load_teacher(tpath).get("train_seconds", 0.0)), 1)
         extra["teacher"] = teacher_score(load_teacher(tpath), data)
         if labels == "adsa":
@@ -217,6 +223,8 @@ def search(score) -> dict | None:
     value. ``score(point)`` returns a float, or None when a trial is missing (then None)."""
     best = {k: vals[0] for k, vals in INGREDIENTS}
     for k, vals in INGREDIENTS:
+        if k in RELEVANT and not RELEVANT[k](best):
+            continue
         scored = []
         for i, v in enumerate(vals):
             s = score({**best, k: v})

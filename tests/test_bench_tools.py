@@ -236,7 +236,11 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
 
     best = st.search(score)
     assert best == {"method": "csdm", "calibration": "fused", "factor": 2, "labels": "teacher", "eval": "ncfm",
-                    "eval_length": "1x", "budget": "1x"}
+                    "eval_length": "1x", "teacher_length": "1x", "budget": "1x"}
+    assert any(p["teacher_length"] == "3x" for p in seen)  # tried: the chosen labels come from a teacher
+    seen.clear()
+    assert st.search(lambda pt: seen.append(dict(pt)) or {"csdm": 2.0}.get(pt["method"], 1.0))["labels"] == "hard"
+    assert not any(p["teacher_length"] != "1x" for p in seen)  # hard labels: no teacher to lengthen
     assert seen[0] == {k: v[0] for k, v in st.INGREDIENTS}  # starts at pipeline ncfm's cell
     assert st.search(lambda pt: None) is None
     abl = dict(st.ablations(best))
@@ -318,7 +322,8 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     path = tmp_path / "strongest.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = "\n".join(report.strongest_section(path, []))
-    assert "| method csdm, calibration fused, factor 2, labels teacher, eval ncfm, budget 1x | 52.00 |" in text
+    assert ("| method csdm, labels teacher, eval ncfm, eval_length 1x, teacher_length 1x, calibration fused, "
+            "factor 2, budget 1x | 52.00 | 48.0 | – |") in text
     assert "| 100 | **chosen recipe** | 58.0 ± 0.3 |" in text
     assert "| 100 | labels: teacher → hard | 55.0 ± 0.3 |" in text
     assert "| 10 | **chosen recipe** | 63.0 ± 0.3 |" in text
