@@ -148,7 +148,7 @@ def teacher_for(data, proto: dict, tag: str, seed: int, tcfg) -> Path:
         SETS.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         print(f"  training the teacher ({tcfg.epochs} epochs, logit-adjusted) ...", flush=True)
-        t = train_teacher(data, tcfg, seed)
+        t = train_teacher(data, tcfg, seed, checkpoint=path.with_suffix(".ckpt"))  # resumes after a kill
         t["train_seconds"] = time.perf_counter() - t0
         save_teacher(t, path)
     return path

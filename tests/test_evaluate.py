@@ -219,6 +219,35 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(cfg, rand
                (b.acc, b.per_class, b.final_loss, b.best_test_acc, b.test_curve)
 
 
+def test_an_interrupted_teacher_training_resumes_to_the_same_teacher(digits_lt, tmp_path, monkeypatch):
+    """train_teacher(checkpoint=...): killed after 3 of 8 epochs (logit-adjusted SGD, the reset
+    at half still ahead), resumed to the bit-identical weights; another training's file is refused."""
+    import ltdistill.teacher as T
+
+    cfg = EvalConfig(epochs=8, runs=1, device="cpu", compile="off", logit_adjust=1.0)
+    ref = T.train_teacher(digits_lt, cfg, seed=3)
+    ck = tmp_path / "teacher.ckpt"
+    real, count = T.atomic_torch_save, [0]
+
+    def save(obj, path):
+        real(obj, path)
+        count[0] += 1
+        if count[0] == 3:
+            raise _Interrupt
+
+    monkeypatch.setattr(T, "atomic_torch_save", save)
+    with pytest.raises(_Interrupt):
+        T.train_teacher(digits_lt, cfg, seed=3, checkpoint=ck)
+    monkeypatch.undo()
+    assert ck.is_file()
+    with pytest.raises(ArtifactError, match="belongs to another teacher training"):
+        T.train_teacher(digits_lt, cfg, seed=4, checkpoint=ck)
+    got = T.train_teacher(digits_lt, cfg, seed=3, checkpoint=ck)
+    assert not ck.exists() and got["final_loss"] == ref["final_loss"]
+    for k, v in ref["state_dict"].items():
+        assert torch.equal(v, got["state_dict"][k]), k
+
+
 def test_an_evaluation_checkpoint_of_another_evaluation_is_refused(rand_set, digits_lt, tmp_path, monkeypatch):
     cfg = EvalConfig(epochs=4, runs=1, device="cpu", compile="off")
     ck = tmp_path / "eval.ckpt"

@@ -269,7 +269,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     data = load_lt_data(args.dataset, args.data_root, args.imbalance, 42 if args.split_seed is None else args.split_seed,
                         image_size=args.image_size, n_per_class=args.n_per_class, show_progress=not args.quiet)
     with contextlib.closing(_tracker(args, to_dict(cfg), Path(args.out).stem, "teacher")) as tracker:
-        t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet, tracker=tracker)
+        t = train_teacher(data, cfg, cfg.seed, show_progress=not args.quiet, tracker=tracker,
+                          checkpoint=args.checkpoint)
     save_teacher(t, args.out)
     print(f"trained teacher {cfg.net} on {args.dataset}-LT IF {data.imbalance:.4g} ({len(data.train)} images, "
           f"{cfg.epochs} epochs, final loss {t['final_loss']:.3f}); wrote {args.out}")
@@ -338,7 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tcfg = build_eval_config(parser.parse_args(["teacher", "--dataset", s.dataset["name"], "--out",
                                                         str(t_path), *common]), "teacher")
             t0 = time.perf_counter()
-            t = train_teacher(data, tcfg, tcfg.seed, show_progress=not args.quiet)
+            t = train_teacher(data, tcfg, tcfg.seed, show_progress=not args.quiet, checkpoint=out / "teacher.ckpt")
             save_teacher(t, t_path)
             print(f"trained teacher {tcfg.net} ({tcfg.epochs} epochs, logit_adjust {tcfg.logit_adjust:g}) on "
                   f"{len(data.train)} images in {time.perf_counter() - t0:.1f}s; wrote {t_path}")
@@ -563,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--out", required=True)
+    t.add_argument("--checkpoint", metavar="FILE.ckpt",
+                   help="resumable: the training state is written here every twentieth of the epochs; the same "
+                        "command continues an interrupted training (the file is removed when it finishes)")
     common(t)
     t.set_defaults(func=cmd_teacher, runs=None, labels=None)
 

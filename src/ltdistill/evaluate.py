@@ -472,7 +472,7 @@ def _checkpoint_key(x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig) -> str:
     return h.hexdigest()
 
 
-def _load_checkpoint(path, key: str) -> dict | None:
+def _load_checkpoint(path, key: str, what: str = "evaluation") -> dict | None:
     from pathlib import Path
 
     from .errors import ArtifactError
@@ -483,10 +483,10 @@ def _load_checkpoint(path, key: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a torn or foreign file
-        raise ArtifactError(f"evaluation checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                            f"delete it to start the evaluation over") from None
+        raise ArtifactError(f"{what} checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                            f"delete it to start the {what} over") from None
     if not isinstance(state, dict) or state.get("key") != key:
-        raise ArtifactError(f"evaluation checkpoint {path} belongs to another evaluation (other images, "
+        raise ArtifactError(f"{what} checkpoint {path} belongs to another {what} (other images, "
                             f"labels or settings); delete it or give another checkpoint path")
     return state
 

@@ -22,20 +22,40 @@ TEACHER_FORMAT = "ltdistill-teacher"
 
 
 def train_teacher(data: LTData, cfg: EvalConfig, seed: int = 0, show_progress: bool = False,
-                  tracker: Any = None) -> dict[str, Any]:
+                  tracker: Any = None, checkpoint: Any = None) -> dict[str, Any]:
     """Train ``cfg.net`` on the whole long-tailed split (cross-entropy, DSA, seeded).
-    A tracker gets ``teacher/train_loss`` and ``teacher/lr`` per epoch."""
-    from .evaluate import train_nets
+    A tracker gets ``teacher/train_loss`` and ``teacher/lr`` per epoch.
+
+    ``checkpoint`` (a file path) makes the training resumable: the whole state is written
+    atomically there every twentieth of the epochs, a later call with the same path, data and
+    settings continues from it to the teacher the uninterrupted call returns, and the file is
+    removed at the end; a checkpoint of another training is refused."""
+    from .evaluate import _checkpoint_key, _load_checkpoint, train_nets
     from .progress import progress_bar
 
     def on_epoch(ep, losses, lr):
         tracker.scalar("teacher/train_loss", losses[0], ep)
         tracker.scalar("teacher/lr", lr, ep)
 
+    x, y = data.normalize(data.train.images), data.train.labels
+    resume = on_checkpoint = None
+    if checkpoint:
+        ck, key = Path(checkpoint), f"teacher-{seed}-" + _checkpoint_key(x, y, cfg)
+        state = _load_checkpoint(ck, key, "teacher training")
+        resume = state["train"] if state is not None else None
+
+        def on_checkpoint(train):
+            atomic_torch_save({"key": key, "train": train}, ck)
+
     with progress_bar(total=cfg.epochs, desc=f"teacher {cfg.net}", enabled=show_progress) as bar:
-        nets, losses = train_nets(data.normalize(data.train.images), data.train.labels, data, cfg, [seed], bar,
-                                  on_epoch if tracker else None)
+        if resume and bar is not None:
+            bar.update(int(resume["epoch"]))
+        nets, losses = train_nets(x, y, data, cfg, [seed], bar, on_epoch if tracker else None,
+                                  on_checkpoint=on_checkpoint, checkpoint_every=max(1, cfg.epochs // 20),
+                                  resume=resume)
         net, loss = nets[0], losses[0]
+    if checkpoint:
+        Path(checkpoint).unlink(missing_ok=True)
     return {
         "format": TEACHER_FORMAT, "format_version": 1, "net": cfg.net,
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
