@@ -302,11 +302,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 ("--imbalance", args.imbalance), ("--split-seed", args.split_seed),
                                 ("--image-size", args.image_size), ("--n-per-class", args.n_per_class),
                                 ("--method", args.method), ("--ipc", args.ipc)) if v is not None for f in (k, str(v))]
-    common = [f for k, v in (("--seed", args.seed), ("--device", args.device), ("--tensorboard", args.tensorboard),
-                             ("--wandb", args.wandb)) if v is not None for f in (k, str(v))]
-    common += [f for p in presets for f in ("--preset", p)] + (["--quiet"] if args.quiet else [])
+    common = [f for k, v in (("--seed", args.seed), ("--device", args.device)) if v is not None for f in (k, str(v))]
+    common += [f for p in presets for f in ("--preset", p)]
     spec = {"format": RUN_FORMAT, "data": data_argv, "common": common, "set": args.set or [],
             "eval_set": args.eval_set or [], "teacher": "teacher" in merged}
+    # what only shows or logs the run is not a setting: a rerun may change it
+    common = common + (["--quiet"] if args.quiet else []) + [
+        f for k, v in (("--tensorboard", args.tensorboard), ("--wandb", args.wandb)) if v is not None for f in (k, v)]
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "run.json"
     if stamp.is_file():
