@@ -73,8 +73,7 @@ INGREDIENTS = [
     ("budget", ["1x", "4x-iterations", "4x-batch"]),
 ]
 BUDGETS = {"1x": (1, 1), "4x-iterations": (4, 1), "4x-batch": (1, 4)}
-EVAL_LENGTHS = {"1x": 1, "3x": 3}
-TEACHER_LENGTHS = {"1x": 1, "3x": 3}
+LENGTHS = {"1x": 1, "3x": 3}  # eval_length and teacher_length: x the protocol's epochs
 # Ingredients added after trials had been run: a point at such an ingredient's first value is
 # keyed without it, so it matches the rows written before the ingredient existed.
 LATER = {"eval_length", "teacher_length"}
@@ -118,7 +117,7 @@ def set_path(proto_name: str, split: str, imb: float, seed: int, method: str, ov
 
 def teacher_config(proto: dict, seed: int, length: str = "1x"):
     """The teacher's training: ConvNet-3, SPEC §7's settings, the logit-adjusted loss (τ = 1)."""
-    return ld.EvalConfig(epochs=proto["teacher_epochs"] * TEACHER_LENGTHS[length], runs=1, seed=seed,
+    return ld.EvalConfig(epochs=proto["teacher_epochs"] * LENGTHS[length], runs=1, seed=seed,
                          logit_adjust=1.0)
 
 
@@ -130,7 +129,7 @@ def configs(point: dict, proto_name: str, data_root: str, seed: int, split: str,
     cfg = ld.make_config(method, ipc=proto["ipc"], seed=seed)
     cfg = apply_overrides(cfg, [f"data.imbalance={imb}", f"data.data_root={data_root}", *over])
     runs = proto["val_runs"] if split == "validation" else proto["test_runs"]
-    epochs = proto["eval_epochs"] * EVAL_LENGTHS[point.get("eval_length", "1x")]
+    epochs = proto["eval_epochs"] * LENGTHS[point.get("eval_length", "1x")]
     ecfg = dataclasses.replace(ld.EvalConfig(epochs=epochs, runs=runs, seed=seed), **ev)
     if labels == "teacher":  # online: every augmented batch, the set's labels for the last epochs (NCFM: 20 of 2000)
         ecfg = dataclasses.replace(ecfg, teacher_hard_epochs=max(1, epochs // 15))
@@ -196,10 +195,11 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         ld.save_set(s, path)
     if labels != "hard":
         tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed, tcfg)
-        extra["teacher_seconds"] = round(float(load_teacher(tpath).get("train_seconds", 0.0)), 1)
-        extra["teacher"] = teacher_score(load_teacher(tpath), data)
+        teacher = load_teacher(tpath)
+        extra["teacher_seconds"] = round(float(teacher.get("train_seconds", 0.0)), 1)
+        extra["teacher"] = teacher_score(teacher, data)
         if labels == "adsa":
-            s = label_set(s, load_teacher(tpath), calibrate="adsa")
+            s = label_set(s, teacher, calibrate="adsa")
         else:
             ecfg = dataclasses.replace(ecfg, teacher=str(tpath))
     t0 = time.perf_counter()  # the evaluation resumes after an interruption too (its file removed at the end)
