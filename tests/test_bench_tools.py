@@ -241,11 +241,22 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
     seen.clear()
     assert st.search(lambda pt: seen.append(dict(pt)) or {"csdm": 2.0}.get(pt["method"], 1.0))["labels"] == "hard"
     assert not any(p["teacher_length"] != "1x" for p in seen)  # hard labels: no teacher to lengthen
-    assert seen[0] == {k: v[0] for k, v in st.INGREDIENTS}  # starts at pipeline ncfm's cell
+    assert seen[0] == st.START == {k: v[0] for k, v in reversed(st.INGREDIENTS)}  # pipeline ncfm's cell
     assert st.search(lambda pt: None) is None
     abl = dict(st.ablations(best))
     assert abl["method: csdm -> dm"]["method"] == "dm" and abl["labels: teacher -> hard"]["labels"] == "hard"
     assert abl["calibration: fused -> step"]["calibration"] == "step"  # a start value chosen: the next one
+    assert len(abl) == len(st.VALUES)  # one removal per ingredient, however many passes it has
+    # the second pass over the evaluation length: last, from the final point, ties to the current value
+    seen.clear()
+    length = {"1x": 0.0, "3x": 1.0, "6x": 1.5}
+    best6 = st.search(lambda pt: seen.append(dict(pt)) or score(pt) + length[pt["eval_length"]])
+    assert best6["eval_length"] == "6x" and seen[-1] == {**best6}
+    assert [p["eval_length"] for p in seen].index("6x") > max(i for i, p in enumerate(seen) if p["budget"] != "1x")
+    assert dict(st.ablations(best6))["eval_length: 6x -> 1x"]["eval_length"] == "1x"
+    seen.clear()
+    assert st.search(lambda pt: seen.append(dict(pt)) or score(pt) + min(length[pt["eval_length"]], 1.0)) \
+        ["eval_length"] == "3x"  # a tie in the second pass keeps the first pass's choice
     proto = dict(st.PROTOCOLS["strongest-v1"], max_budget=1000 * 64)
     with pytest.raises(SystemExit, match="exceeds"):
         st.recipe({**best, "budget": "4x-batch"}, proto)
