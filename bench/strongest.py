@@ -157,8 +157,10 @@ def teacher_for(data, proto: dict, tag: str, seed: int, tcfg) -> Path:
         SETS.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         print(f"  training the teacher ({tcfg.epochs} epochs, logit-adjusted) ...", flush=True)
+        resumed = path.with_suffix(".ckpt").is_file()
         t = train_teacher(data, tcfg, seed, checkpoint=path.with_suffix(".ckpt"))  # resumes after a kill
-        t["train_seconds"] = time.perf_counter() - t0
+        t["train_seconds"] = time.perf_counter() - t0  # resumed: only the part after the checkpoint
+        t["train_resumed"] = resumed
         save_teacher(t, path)
     return path
 
@@ -207,6 +209,8 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
         tpath = teacher_for(data, proto, f"{split}-if{imb:g}", seed, tcfg)
         teacher = load_teacher(tpath)
         extra["teacher_seconds"] = round(float(teacher.get("train_seconds", 0.0)), 1)
+        if teacher.get("train_resumed"):
+            extra["teacher_resumed"] = True  # teacher_seconds covers only the part after the checkpoint
         extra["teacher"] = teacher_score(teacher, data)
         if labels == "adsa":
             s = label_set(s, teacher, calibrate="adsa")
