@@ -325,7 +325,7 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     def row(point, split, imb=100, acc=50.0):
         return {"protocol": "strongest-v1", "split": split, "imbalance": imb, "point": point, "score": acc,
                 "acc_mean": acc, "acc_std": 0.3, "head": 60.0, "medium": 45.0, "tail": 48.0,
-                "distill_seconds": 1.0, "eval_seconds": 1.0, "per_class": [acc] * 10}
+                "distill_seconds": 1.0, "eval_seconds": 1.0, "per_class": [acc] * 10, "run_accs": [acc] * 3}
 
     rows = [row(chosen, "validation", acc=52.0), row(chosen, "test", acc=58.0),
             row({**chosen, "labels": "hard"}, "test", acc=55.0), row(chosen, "test", imb=10, acc=63.0)]
@@ -338,3 +338,4 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     assert "| 100 | **chosen recipe** | 58.0 ± 0.3 |" in text
     assert "| 100 | labels: teacher → hard | 55.0 ± 0.3 |" in text
     assert "| 10 | **chosen recipe** | 63.0 ± 0.3 |" in text
+    assert "≥ 60 % at IF 100, mean of ≥ 3 runs, final epoch — not reached: 58.0 ± 0.3 over 3 runs" in text
