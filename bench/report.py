@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -329,6 +330,7 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
 
     out += [f"| {pt(r)} | {r['score']:.2f} | {r['tail']:.1f} | {teach(r)} | {dsec(r)} | {r['eval_seconds']:.0f} |"
             for r in rows if r["split"] == "validation"]
+    out += search_summary(rows)
     test = [r for r in rows if r["split"] == "test"]
     if test:
         chosen = test[0]["point"]  # the test stage scores the chosen recipe first (bench/strongest.py)
@@ -365,6 +367,28 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
         if plot:
             out += ["", f"![per-class accuracy of the strongest set at IF 100]({plot.name})", ""]
     return out
+
+
+def search_summary(rows: list[dict]) -> list[str]:
+    """The point bench/strongest.py's default search chooses from these validation rows, and
+    the offered values it does not try (``--extended`` tries them)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import strongest as st
+
+    done = {st.key_of(r["point"], r["protocol"], r.get("seed", 0), r["split"], r["imbalance"]): r["score"]
+            for r in rows}
+    proto = "strongest-v1"
+    imb = st.PROTOCOLS[proto]["imbalance"]
+    best = st.search(lambda p: done.get(st.key_of(p, proto, 0, "validation", imb)))
+    searched = st.values_of(st.SEARCHED)
+    untried = [f"{k} {v}" for k, vals in st.values_of(st.INGREDIENTS).items() for v in vals
+               if v not in searched.get(k, [vals[0]])]
+    if best is None:
+        return ["", "The validation search has not finished."]
+    score = done[st.key_of(best, proto, 0, "validation", imb)]
+    return ["", f"The search chose {', '.join(f'{k} {v}' for k, v in best.items())} (validation balanced "
+            f"{score:.2f}). Offered but not tried, for their cost on 2 cores (`bench/strongest.py --extended` "
+            f"tries them): {', '.join(untried)}."]
 
 
 def plot_strongest(best: dict, refs: list[dict]) -> Path | None:

@@ -246,17 +246,32 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
     abl = dict(st.ablations(best))
     assert abl["method: csdm -> dm"]["method"] == "dm" and abl["labels: teacher -> hard"]["labels"] == "hard"
     assert abl["calibration: fused -> step"]["calibration"] == "step"  # a start value chosen: the next one
-    assert len(abl) == len(st.VALUES)  # one removal per ingredient, however many passes it has
-    # the second pass over the evaluation length: last, from the final point, ties to the current value
+    assert len(abl) == len(st.values_of(st.SEARCHED)) == 6  # one removal per searched ingredient
+    assert "factor: 2 -> 4" not in abl and "budget: 1x -> 4x-iterations" not in abl
+    # the default search stops after the calibration: factor, budget and 6x keep their start values
     seen.clear()
     length = {"1x": 0.0, "3x": 1.0, "6x": 1.5}
-    best6 = st.search(lambda pt: seen.append(dict(pt)) or score(pt) + length[pt["eval_length"]])
-    assert best6["eval_length"] == "6x" and seen[-1] == {**best6}
-    assert [p["eval_length"] for p in seen].index("6x") > max(i for i, p in enumerate(seen) if p["budget"] != "1x")
-    assert dict(st.ablations(best6))["eval_length: 6x -> 1x"]["eval_length"] == "1x"
+    more = {"factor": {2: 0.0, 4: 2.0}, "budget": {"1x": 0.0, "4x-iterations": 0.0, "4x-batch": 3.0}}
+
+    def score_all(pt):
+        seen.append(dict(pt))
+        return score(pt) + length[pt["eval_length"]] + sum(more[k][pt[k]] for k in more)
+
+    best_default = st.search(score_all)
+    assert (best_default["factor"], best_default["budget"], best_default["eval_length"]) == (2, "1x", "3x")
+    assert all(p["factor"] == 2 and p["budget"] == "1x" and p["eval_length"] != "6x" for p in seen)
+    # --extended: the second pass over the evaluation length, last, from the final point
     seen.clear()
-    assert st.search(lambda pt: seen.append(dict(pt)) or score(pt) + min(length[pt["eval_length"]], 1.0)) \
-        ["eval_length"] == "3x"  # a tie in the second pass keeps the first pass's choice
+    best6 = st.search(score_all, st.INGREDIENTS)
+    assert (best6["eval_length"], best6["factor"], best6["budget"]) == ("6x", 4, "4x-batch") and seen[-1] == best6
+    assert [p["eval_length"] for p in seen].index("6x") > max(i for i, p in enumerate(seen)
+                                                              if p["budget"] == "4x-iterations")
+    abl6 = dict(st.ablations(best6, st.INGREDIENTS))
+    assert abl6["eval_length: 6x -> 1x"]["eval_length"] == "1x" and abl6["factor: 4 -> 2"]["factor"] == 2
+    assert len(abl6) == len(st.VALUES)  # one removal per ingredient, however many passes it has
+    seen.clear()
+    assert st.search(lambda pt: seen.append(dict(pt)) or score(pt) + min(length[pt["eval_length"]], 1.0),
+                     st.INGREDIENTS)["eval_length"] == "3x"  # a tie in the second pass keeps the first pass's choice
     proto = dict(st.PROTOCOLS["strongest-v1"], max_budget=1000 * 64)
     with pytest.raises(SystemExit, match="exceeds"):
         st.recipe({**best, "budget": "4x-batch"}, proto)
@@ -335,6 +350,7 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     text = "\n".join(report.strongest_section(path, []))
     assert ("| method csdm, labels teacher, eval ncfm, eval_length 1x, teacher_length 1x, calibration fused, "
             "factor 2, budget 1x | 52.00 | 48.0 | – |") in text
+    assert "The validation search has not finished." in text  # one validation trial of many
     assert "| 100 | **chosen recipe** | 58.0 ± 0.3 |" in text
     assert "| 100 | labels: teacher → hard | 55.0 ± 0.3 |" in text
     assert "| 10 | **chosen recipe** | 63.0 ± 0.3 |" in text
