@@ -239,6 +239,7 @@ def run(point: dict, proto_name: str, data_root: str, seed: int, split: str, imb
     return {
         "point": point, "split": split, "imbalance": imb, "score": sum(balanced) / len(balanced),
         "acc_mean": res.acc_mean, "acc_std": res.acc_std, "run_accs": [r.acc for r in res.runs],
+        "run_balanced": balanced,
         "per_class": res.per_class_mean, "head": res.groups["head"], "medium": res.groups["medium"],
         "tail": res.groups["tail"], "labels_track": res.label_track, "overrides": over, "eval": ev,
         "eval_epochs": ecfg.epochs, "distill_seconds": round(distill_s, 1),
