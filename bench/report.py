@@ -375,16 +375,15 @@ def search_summary(rows: list[dict]) -> list[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import strongest as st
 
-    done = {st.key_of(r["point"], r["protocol"], r.get("seed", 0), r["split"], r["imbalance"]): r["score"]
-            for r in rows}
+    done = st.scores(rows)
     proto = "strongest-v1"
     imb = st.PROTOCOLS[proto]["imbalance"]
     best = st.search(lambda p: done.get(st.key_of(p, proto, 0, "validation", imb)))
+    if best is None:
+        return ["", "The validation search has not finished."]
     searched = st.values_of(st.SEARCHED)
     untried = [f"{k} {v}" for k, vals in st.values_of(st.INGREDIENTS).items() for v in vals
                if v not in searched.get(k, [vals[0]])]
-    if best is None:
-        return ["", "The validation search has not finished."]
     score = done[st.key_of(best, proto, 0, "validation", imb)]
     return ["", f"The search chose {', '.join(f'{k} {v}' for k, v in best.items())} (validation balanced "
             f"{score:.2f}). Offered but not tried, for their cost on 2 cores (`bench/strongest.py --extended` "

@@ -113,6 +113,11 @@ def load_rows(path: Path | None = None) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
+def scores(rows: list[dict]) -> dict:
+    """Each row's score by its trial key (:func:`key_of`)."""
+    return {key_of(r["point"], r["protocol"], r.get("seed", 0), r["split"], r["imbalance"]): r["score"] for r in rows}
+
+
 def recipe(point: dict, proto: dict) -> tuple[str, list[str], dict, str]:
     """(method, distillation overrides, evaluation settings, labels) of a point."""
     method = point["method"]
@@ -350,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def scored(point: dict, split: str, imb: float, run_it: bool) -> float | None:
         k = key_of(point, a.protocol, a.seed, split, imb)
-        done = {key_of(r["point"], r["protocol"], r["seed"], r["split"], r["imbalance"]): r for r in load_rows()}
+        done = scores(load_rows())
         if k in done:
-            return done[k]["score"]
+            return done[k]
         if not run_it:
             return None
         print(f"{split} IF {imb:g}: {point} ...", flush=True)
