@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from ltdistill.data import load_lt_data, sources
 from ltdistill.data.sources import load_raw_split
@@ -71,6 +72,33 @@ def test_cifar100_pickle_folder_and_lt_split(tmp_path, monkeypatch):
     data = load_lt_data("cifar100", tmp_path, imbalance=6)
     assert data.class_counts[0] == 6 and data.class_counts[-1] == 1
     assert len(data.train) == sum(data.class_counts) and len(data.test) == 100
+
+
+def test_subset_copy_loads_only_at_its_own_imbalance(tmp_path, monkeypatch):
+    """A copy holding one LT split (as lt_subset_tar.py writes) gives that split at its own
+    factor; at another factor it would silently give a different split, so it is refused."""
+    from ltdistill.data import datasets, longtail_counts, longtail_indices
+
+    names = [f"c{i}" for i in range(10)]
+    info = datasets.DATASETS.get("cifar10")
+    monkeypatch.setitem(datasets.DATASETS._items, "cifar10", dataclasses.replace(info, n_per_class=8))
+    x, y = fake_images(8, 10)
+    xt, yt = fake_images(1, 10, seed=2)
+    keep = longtail_indices(y, 10, 4, 8)  # the IF-4 split of the full (8 a class) copy
+    full, sub = tmp_path / "full", tmp_path / "sub"
+    for root, (a, b) in ((full, (x, y)), (sub, (x[keep], y[keep]))):
+        write_tar(root, "train", a, b, names)
+        write_tar(root, "test", xt, yt, names)
+    ref = load_lt_data("cifar10", full, imbalance=4)
+    got = load_lt_data("cifar10", sub, imbalance=4)
+    assert got.class_counts == longtail_counts(8, 10, 4)
+    assert torch.equal(got.train.images, ref.train.images) and torch.equal(got.train.labels, ref.train.labels)
+    with pytest.raises(DataError, match=r"imbalance 2 .*imbalance 4 \(a subset copy.*use the full copy"):
+        load_lt_data("cifar10", sub, imbalance=2)
+    write_tar(sub, "train", x[keep][:-1], y[keep][:-1], names)  # a class short of the split: no factor fits
+    with pytest.raises(DataError, match=r"not the 8 per class") as e:
+        load_lt_data("cifar10", sub, imbalance=4)
+    assert "subset copy" not in str(e.value)
 
 
 def test_cache_makes_second_load_skip_decoding(tmp_path, monkeypatch):

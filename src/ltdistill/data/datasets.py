@@ -298,11 +298,12 @@ def load_lt_data(
         )
     if raw_test.class_names != raw_train.class_names:
         raise DataError(f"train and test splits of {dataset} list different classes")
+    counts = longtail_counts(info.n_per_class, info.num_classes, imbalance)
+    _check_full_training_split(dataset, info, raw_train, counts, imbalance)
     idx = longtail_indices(raw_train.labels, info.num_classes, imbalance, info.n_per_class,
                            split_seed, raw_train.class_names)
     train = _to_tensor(raw_train)
     train = ImageSet(train.images[idx].contiguous(), train.labels[idx].contiguous())
-    counts = longtail_counts(info.n_per_class, info.num_classes, imbalance)
     return LTData(
         info=info,
         train=train,
@@ -312,6 +313,30 @@ def load_lt_data(
         split_seed=int(split_seed),
         class_counts=counts,
         meta={"class_order": raw_train.class_order, "source": raw_train.source},
+    )
+
+
+def _check_full_training_split(dataset: str, info: DatasetInfo, raw: RawSplit, counts: list[int],
+                               imbalance: float) -> None:
+    """SPEC §1's rule draws each class's images from the *whole* balanced training set
+    (``info.n_per_class`` a class). A copy with fewer images in a class gives the same split
+    only when it holds exactly that split (each class ``counts[c]`` images, as
+    ``shared/tools/lt_subset_tar.py`` writes for one imbalance factor); any other smaller copy
+    would silently give another split, so it is refused, naming the counts and the factor a
+    subset copy was made for."""
+    have = np.bincount(raw.labels, minlength=info.num_classes)[: info.num_classes].tolist()
+    if min(have) >= info.n_per_class or have == counts:
+        return
+    made_for = ""
+    if have[-1] > 0 and have[0] == info.n_per_class:
+        guess = info.n_per_class / have[-1]
+        if longtail_counts(info.n_per_class, info.num_classes, guess) == have:
+            made_for = (f"; they are the long-tailed split at imbalance {guess:g} (a subset copy), which "
+                        f"loads only at that factor")
+    raise DataError(
+        f"the {dataset} training split at {raw.source} holds {have} images per class, not the "
+        f"{info.n_per_class} per class that the long-tailed rule draws from, so imbalance {imbalance:g} "
+        f"(which needs {counts}) would not give SPEC §1's split{made_for}: use the full copy"
     )
 
 
