@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark work still open (issues 21 and 22), most wanted first, for a lent GPU's
+# The benchmark work still open (issues 21 and 22), most wanted first (issue 22's ablation
+# shares one set and one teacher, so its rows are the cheapest per row), for a lent GPU's
 # 15 minutes: each line is one bench/accuracy.py call under one shared deadline, so running
 # out of time loses only the cell in progress. The committed rows are copied in first (so done
 # cells are skipped); only the rows this run adds come back, as $OUT/new_rows.jsonl (append
@@ -34,21 +35,22 @@ cell() {  # one accuracy.py call, stopped at the deadline
   timeout "$left" "$PY" bench/accuracy.py --data-root "$DATA" --out-dir "$W" "$@" 2>&1 | tail -n 40 >> "$OUT/cells.log"
 }
 
-strongest() {  # issue 22's validation search (IF 100), trial by trial, stopped at the deadline
-  local left=$((deadline - SECONDS))
-  if [ "$left" -le 20 ]; then echo "skipped (no time left): strongest search" | tee -a "$OUT/cells.log"; return 0; fi
-  echo "== strongest search (${left}s left)" | tee -a "$OUT/cells.log"
-  timeout "$left" "$PY" bench/strongest.py --protocol "${STRONGEST_PROTOCOL:-strongest-v1}" search \
-    --data-root "$DATA" --out "$W/strongest.jsonl" 2>&1 \
+strongest() {  # issue 22: bench/strongest.py STAGE (search, or test at IF 100: the rows this data copy holds), row by row, stopped at the deadline
+  local left=$((deadline - SECONDS)) stage=$1
+  if [ "$left" -le 20 ]; then echo "skipped (no time left): strongest $stage" | tee -a "$OUT/cells.log"; return 0; fi
+  echo "== strongest $stage (${left}s left)" | tee -a "$OUT/cells.log"
+  timeout "$left" "$PY" bench/strongest.py --protocol "${STRONGEST_PROTOCOL:-strongest-v1}" "$stage" \
+    $([ "$stage" = test ] && echo --imbalance 100) --data-root "$DATA" --out "$W/strongest.jsonl" 2>&1 \
     | tail -n 40 >> "$OUT/cells.log"
 }
 
 if [ "${CELLS:-open}" = smoke ]; then
   cell --grid smoke --protocol smoke
-  STRONGEST_PROTOCOL=smoke strongest
+  STRONGEST_PROTOCOL=smoke strongest search
+  STRONGEST_PROTOCOL=smoke strongest test
 else
+  strongest test                                             # issue 22: the IF-100 test rows (ablation) not yet run
   cell --grid protocols --imbalance 100 --variant converged   # issue 21: whole-LT reference, 200 epochs per profile
-  strongest                                                  # issue 22: the validation trials not yet run
 fi
 tail -n +$((n0 + 1)) "$W/accuracy.jsonl" > "$OUT/new_rows.jsonl"
 tail -n +$((s0 + 1)) "$W/strongest.jsonl" > "$OUT/new_strongest.jsonl"

@@ -288,6 +288,21 @@ def test_strongest_search_is_coordinate_wise_on_validation_and_caps_the_budget()
     assert k != st.key_of({**best, "eval_length": "3x"}, "strongest-v1", 0, "validation", 100)
 
 
+def test_strongest_test_rows_reuse_the_chosen_set_and_teacher_first():
+    """The test stage: the chosen recipe first (report.py reads it so), then the ablation rows
+    that reuse its set and teacher (no teacher, then shorter evaluations, first), then a new
+    teacher, then a new set, then IF 10 and 200; every ablation row exactly once."""
+    st = _bench("strongest")
+    best = {**st.START, "method": "csdm", "labels": "teacher", "eval_length": "3x", "teacher_length": "3x"}
+    rows = st.test_rows(best, "strongest-v1")
+    names = [n for n, _, _ in rows]
+    assert rows[0] == ("chosen", best, 100)
+    assert names[1:7] == ["labels: teacher -> hard", "eval_length: 3x -> 1x", "eval: ncfm -> dm",
+                          "teacher_length: 3x -> 1x", "method: csdm -> dm", "calibration: fused -> step"]
+    assert sorted(names[1:7]) == sorted(n for n, _ in st.ablations(best))
+    assert [(n, imb) for n, p, imb in rows[7:] if p == best] == [("chosen at IF 10", 10), ("chosen at IF 200", 200)]
+
+
 def test_grid_strongest_runs_the_search_then_the_test_stage(monkeypatch, tmp_path):
     """``bench/accuracy.py --grid strongest`` is bench/strongest.py's validation search and then
     its test stage (its own protocol and file), and refuses to mix with the cpu-v1 grids."""
