@@ -6,17 +6,19 @@
 # cells are skipped); only the rows this run adds come back, as $OUT/new_rows.jsonl (append
 # them to bench/results/accuracy.jsonl) and $OUT/new_strongest.jsonl (append them to
 # bench/results/strongest.jsonl), then run bench/report.py. Every row records its
-# machine. IF 100 only: the data copy (34 MB, the exact IF-100 split) is what fits the 64 MiB
-# the working tree may carry; an IF-10 or IF-200 copy (`lt_subset_tar.py … 10`) does not fit
-# beside it, so those cells stay on the CPU (or a later session carries that copy instead):
+# machine. The data copy holds one imbalance factor's exact split (`lt_subset_tar.py`: IF 100
+# 34 MB, IF 10 45 MB, IF 200 32 MB; one of them fits the 64 MiB the working tree may carry), and
+# IMBALANCE (default 100) names it: the cells and rows at that factor run, and a copy loaded at
+# another factor is refused by the loader, never silently re-split:
 #
-#   python3 ../shared/tools/lt_subset_tar.py ../shared/datasets/cifar10 .gpu/cifar10
+#   python3 ../shared/tools/lt_subset_tar.py ../shared/datasets/cifar10 .gpu/cifar10 [10]
 #   echo /.gpu/ >> .git/info/exclude
-#   device run (carry .gpu):  BUDGET_S=480 bash bench/gpu_cells.sh
+#   device run (carry .gpu):  BUDGET_S=480 [IMBALANCE=10] bash bench/gpu_cells.sh
 #
 # CPU check of the script itself: CELLS=smoke BUDGET_S=300 OUT=/tmp/o bash bench/gpu_cells.sh
 set -u
 DATA=${DATA:-.gpu/cifar10}
+IMB=${IMBALANCE:-100}
 OUT=${OUT:-/tmp/gpu-cells-out}
 W=${WORK:-/tmp/gpu-cells}
 PY=${PYTHON:-python3}
@@ -35,12 +37,12 @@ cell() {  # one accuracy.py call, stopped at the deadline
   timeout "$left" "$PY" bench/accuracy.py --data-root "$DATA" --out-dir "$W" "$@" 2>&1 | tail -n 40 >> "$OUT/cells.log"
 }
 
-strongest() {  # issue 22: bench/strongest.py STAGE (search, or test at IF 100: the rows this data copy holds), row by row, stopped at the deadline
+strongest() {  # issue 22: bench/strongest.py STAGE (search, or test at the copy's IF), row by row, stopped at the deadline
   local left=$((deadline - SECONDS)) stage=$1
   if [ "$left" -le 20 ]; then echo "skipped (no time left): strongest $stage" | tee -a "$OUT/cells.log"; return 0; fi
   echo "== strongest $stage (${left}s left)" | tee -a "$OUT/cells.log"
   timeout "$left" "$PY" bench/strongest.py --protocol "${STRONGEST_PROTOCOL:-strongest-v1}" "$stage" \
-    $([ "$stage" = test ] && echo --imbalance 100) --data-root "$DATA" --out "$W/strongest.jsonl" 2>&1 \
+    $([ "$stage" = test ] && echo --imbalance "$IMB") --data-root "$DATA" --out "$W/strongest.jsonl" 2>&1 \
     | tail -n 40 >> "$OUT/cells.log"
 }
 
@@ -49,8 +51,9 @@ if [ "${CELLS:-open}" = smoke ]; then
   STRONGEST_PROTOCOL=smoke strongest search
   STRONGEST_PROTOCOL=smoke strongest test
 else
-  strongest test                                             # issue 22: the IF-100 test rows (ablation) not yet run
-  cell --grid protocols --imbalance 100 --variant converged   # issue 21: whole-LT reference, 200 epochs per profile
+  strongest test                                              # issue 22: its test rows at this IF not yet run (IF 100: the ablation)
+  cell --grid protocols --imbalance "$IMB" --variant converged # issue 21: whole-LT reference, 200 epochs per profile
+  [ "$IMB" = 10 ] && cell --grid protocols --imbalance 10      # issue 21: the IF-10 cells of both protocols not yet run
 fi
 tail -n +$((n0 + 1)) "$W/accuracy.jsonl" > "$OUT/new_rows.jsonl"
 tail -n +$((s0 + 1)) "$W/strongest.jsonl" > "$OUT/new_strongest.jsonl"
