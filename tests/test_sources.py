@@ -95,10 +95,15 @@ def test_subset_copy_loads_only_at_its_own_imbalance(tmp_path, monkeypatch):
     assert torch.equal(got.train.images, ref.train.images) and torch.equal(got.train.labels, ref.train.labels)
     with pytest.raises(DataError, match=r"imbalance 2 .*imbalance 4 \(a subset copy.*use the full copy"):
         load_lt_data("cifar10", sub, imbalance=2)
-    write_tar(sub, "train", x[keep][:-1], y[keep][:-1], names)  # a class short of the split: no factor fits
+    unused = np.setdiff1d(np.flatnonzero(y == 9), keep)[0]  # the IF-4 split keeps 2 of class 9's 8
+    extra = np.sort(np.append(keep, unused))  # one image more than the split: no factor fits
+    write_tar(sub, "train", x[extra], y[extra], names)
     with pytest.raises(DataError, match=r"not the 8 per class") as e:
         load_lt_data("cifar10", sub, imbalance=4)
     assert "subset copy" not in str(e.value)
+    write_tar(sub, "train", x[keep][:-1], y[keep][:-1], names)  # a class short of the split: that class is named
+    with pytest.raises(DataError, match=r"class 'c9' has 1 training images but the long-tailed split"):
+        load_lt_data("cifar10", sub, imbalance=4)
 
 
 def test_cache_makes_second_load_skip_decoding(tmp_path, monkeypatch):

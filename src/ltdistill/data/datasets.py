@@ -323,7 +323,8 @@ def _check_full_training_split(dataset: str, info: DatasetInfo, raw: RawSplit, c
     only when it holds exactly that split (each class ``counts[c]`` images, as
     ``shared/tools/lt_subset_tar.py`` writes for one imbalance factor); any other smaller copy
     would silently give another split, so it is refused, naming the counts and the factor a
-    subset copy was made for."""
+    subset copy was made for (a copy with too few images in a class for the split is left to
+    :func:`longtail_indices`, which names that class)."""
     have = np.bincount(raw.labels, minlength=info.num_classes)[: info.num_classes].tolist()
     if min(have) >= info.n_per_class or have == counts:
         return
@@ -333,6 +334,8 @@ def _check_full_training_split(dataset: str, info: DatasetInfo, raw: RawSplit, c
         if longtail_counts(info.n_per_class, info.num_classes, guess) == have:
             made_for = (f"; they are the long-tailed split at imbalance {guess:g} (a subset copy), which "
                         f"loads only at that factor")
+    if not made_for and any(h < c for h, c in zip(have, counts)):
+        return  # too few images for the split: longtail_indices names the class
     raise DataError(
         f"the {dataset} training split at {raw.source} holds {have} images per class, not the "
         f"{info.n_per_class} per class that the long-tailed rule draws from, so imbalance {imbalance:g} "
