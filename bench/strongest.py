@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         PRESET.write_text(preset_text(best, a.protocol, scored(best, "validation", imb0, False)))
         print(f"wrote {PRESET}")
     if a.stage == "test":
-        for name, pt, imb in test_rows(best, a.protocol, grid):
+        for _, pt, imb in test_rows(best, a.protocol, grid):
             if a.imbalance and imb not in a.imbalance:
                 continue
             scored(pt, "test", imb, True)
