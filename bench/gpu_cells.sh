@@ -53,7 +53,6 @@ if [ "${CELLS:-open}" = smoke ]; then
 else
   strongest test                                              # issue 22: its test rows at this IF not yet run (IF 100: the ablation)
   cell --grid protocols --imbalance "$IMB" --variant converged # issue 21: whole-LT reference, 200 epochs per profile
-  [ "$IMB" = 10 ] && cell --grid protocols --imbalance 10      # issue 21: the IF-10 cells of both protocols not yet run
 fi
 tail -n +$((n0 + 1)) "$W/accuracy.jsonl" > "$OUT/new_rows.jsonl"
 tail -n +$((s0 + 1)) "$W/strongest.jsonl" > "$OUT/new_strongest.jsonl"
