@@ -138,6 +138,48 @@ def test_online_teacher_relabels_batches_except_the_hard_epochs(rand_set, digits
         evaluate_set(rand_set, digits_lt, dataclasses.replace(base, teacher=str(tmp_path / "bad.pt")))
 
 
+def test_teacher_mix_weights_and_targets_against_the_formula():
+    """λ_c = (n_c / n_max) ** γ; a sample's target is λ·teacher + (1 − λ)·its set label, λ
+    averaged under a CutMix-mixed label; γ = 0 gives the teacher's labels exactly."""
+    from ltdistill.evaluate import mix_teacher_labels, teacher_mix_weights
+
+    counts = [400, 100, 25, 4]
+    w = teacher_mix_weights(counts, 0.5)
+    assert torch.allclose(w, torch.tensor([(n / 400) ** 0.5 for n in counts]))
+    assert torch.equal(teacher_mix_weights(counts, 0.0), torch.ones(4))
+    g = torch.Generator().manual_seed(0)
+    t = torch.softmax(torch.randn(5, 4, generator=g), 1)
+    s = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 3]), 4).float()
+    s[4] = torch.tensor([0.0, 0.3, 0.0, 0.7])  # a CutMix-mixed label: 30 % class 1, 70 % class 3
+    got = mix_teacher_labels(t, s, w)
+    for i in range(5):
+        lam = sum(float(s[i, c]) * float(w[c]) for c in range(4))
+        assert torch.allclose(got[i], lam * t[i] + (1 - lam) * s[i])
+    assert torch.allclose(got.sum(1), torch.ones(5))
+    assert torch.equal(got[0], t[0])  # the largest class: the teacher's label alone
+    assert torch.equal(mix_teacher_labels(t, s, teacher_mix_weights(counts, 0.0)), t)
+
+
+def test_teacher_mix_trains_on_the_mixed_labels(rand_set, digits_lt, tmp_path):
+    """teacher_mix changes training on long-tailed counts; on equal counts (every λ = 1) it is
+    the teacher's labels, bit for bit; it needs a teacher and a non-negative exponent."""
+    from ltdistill.teacher import save_teacher, train_teacher
+
+    t = train_teacher(digits_lt, EvalConfig(epochs=2, runs=1, device="cpu"), seed=0)
+    save_teacher(t, tmp_path / "t.pt")
+    base = EvalConfig(epochs=2, runs=1, device="cpu", teacher=str(tmp_path / "t.pt"))
+    taught = evaluate_set(rand_set, digits_lt, base)
+    mixed = evaluate_set(rand_set, digits_lt, dataclasses.replace(base, teacher_mix=1.0))
+    assert mixed.runs[0].final_loss != taught.runs[0].final_loss and mixed.config["teacher_mix"] == 1.0
+    flat = dataclasses.replace(digits_lt, class_counts=[max(digits_lt.class_counts)] * digits_lt.num_classes)
+    same = evaluate_set(rand_set, flat, dataclasses.replace(base, teacher_mix=1.0))
+    assert same.runs[0].final_loss == taught.runs[0].final_loss and same.acc_mean == taught.acc_mean
+    with pytest.raises(ConfigError, match="teacher_mix must be >= 0"):
+        evaluate_set(rand_set, digits_lt, dataclasses.replace(base, teacher_mix=-1.0))
+    with pytest.raises(ConfigError, match="give a teacher"):
+        evaluate_set(rand_set, digits_lt, EvalConfig(epochs=1, runs=1, device="cpu", teacher_mix=0.5))
+
+
 def test_evaluation_profiles_are_named_and_later_settings_win():
     from ltdistill.cli import build_eval_config, build_parser
 

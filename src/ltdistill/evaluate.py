@@ -91,6 +91,13 @@ class EvalConfig:
     # interval, 20), which use the set's own labels. "" (default): no teacher.
     teacher: str = ""
     teacher_hard_epochs: int = 0
+    # A class-aware mix of the teacher's labels and the set's own (issue 22's follow-up): a
+    # sample of class c is trained on λ_c·teacher + (1 − λ_c)·its set label, with
+    # λ_c = (n_c / n_max) ** teacher_mix and n_c the class's long-tailed training count, so the
+    # head learns from the teacher and the rarest classes more from their own labels (a teacher
+    # trained on long-tailed data labels the tail worst). With CutMix a sample's λ is its mixed
+    # label's average. 0 (default): the teacher's labels alone.
+    teacher_mix: float = 0.0
     # The logit-adjusted training loss (Menon et al. 2021; 1 = balanced softmax, Ren et al.
     # 2020): cross-entropy of ``logits + logit_adjust * log(prior)``, the prior being the class
     # frequencies of the labels trained on; the net is tested on its raw logits. For training on
@@ -219,7 +226,8 @@ def train_nets(
     (measured slower than separate forwards on a 2-core CPU; meant for GPUs).
     ``on_epoch(epoch, losses, lr)`` is called after every epoch (1-based) when given.
     A ``teacher`` net relabels every augmented batch with its softmax (all but the last
-    ``cfg.teacher_hard_epochs`` epochs).
+    ``cfg.teacher_hard_epochs`` epochs), mixed with the set's labels per class by
+    ``cfg.teacher_mix`` (:func:`teacher_mix_weights`).
 
     ``on_checkpoint(state)`` gets the whole training state (weights, optimiser, every
     generator, the epoch) every ``checkpoint_every`` epochs; ``resume`` (such a state)
@@ -239,6 +247,8 @@ def train_nets(
     # The values' generators: the host ones, or one per run on the device.
     vgens = [device_generator(device, s, "train-device") for s in seeds] if on_device else gens
     dsa_cfg = DSAConfig(strategy=cfg.dsa_strategy if cfg.dsa else "none")
+    mix_w = (teacher_mix_weights(data.class_counts, cfg.teacher_mix).to(device)
+             if teacher is not None and cfg.teacher_mix else None)
     R = len(nets)
     batched = R > 1 and not has_batchnorm(nets[0])
     if batched:
@@ -321,7 +331,8 @@ def train_nets(
                     xb, yb = cutmix(xb, yb, g, gv)
                 if taught:
                     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                        yb = F.softmax(teacher(xb).float(), 1)
+                        probs = F.softmax(teacher(xb).float(), 1)
+                    yb = probs if mix_w is None else mix_teacher_labels(probs, yb, mix_w)
                 xbs.append(xb)
                 ybs.append(yb)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -364,6 +375,20 @@ def train_nets(
     if batched:
         _unstack(nets, params, buffers)
     return nets, last
+
+
+def teacher_mix_weights(counts: list[int], gamma: float) -> torch.Tensor:
+    """The teacher's weight per class, ``(n_c / n_max) ** gamma``: 1 on the largest class,
+    falling toward the tail (``gamma`` 0: 1 everywhere)."""
+    n = torch.tensor(counts, dtype=torch.float64)
+    return (n / n.max()).pow(gamma).float()
+
+
+def mix_teacher_labels(teacher_probs: torch.Tensor, set_targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``λ·teacher + (1 − λ)·set label`` per sample, λ the class weights averaged under the
+    sample's set label (one-hot: its class's weight; CutMix-mixed: the area-weighted mean)."""
+    lam = (set_targets @ weights).unsqueeze(1)
+    return lam * teacher_probs + (1 - lam) * set_targets
 
 
 def label_log_prior(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -441,12 +466,16 @@ def _summarise(runs: list[RunResult], data: LTData, track: str, cfg: EvalConfig)
 def _online_teacher(cfg: EvalConfig, data: LTData, device: torch.device) -> torch.nn.Module | None:
     """The frozen teacher net of ``cfg.teacher`` on ``device`` (None without one)."""
     if not cfg.teacher:
+        if cfg.teacher_mix:
+            raise ConfigError("teacher_mix mixes a teacher's labels with the set's: give a teacher (--teacher T.pt)")
         return None
     from .nets import create_net
     from .teacher import load_teacher
 
     if cfg.teacher_hard_epochs < 0 or cfg.teacher_hard_epochs > cfg.epochs:
         raise ConfigError(f"teacher_hard_epochs must be in [0, epochs={cfg.epochs}], got {cfg.teacher_hard_epochs}")
+    if not cfg.teacher_mix >= 0:  # NaN too
+        raise ConfigError(f"teacher_mix must be >= 0 (0: the teacher's labels alone), got {cfg.teacher_mix}")
     t = load_teacher(cfg.teacher)
     info = data.info
     net = create_net(t["net"], info.channels, data.num_classes, info.image_size)
