@@ -331,12 +331,19 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
     out += [f"| {pt(r)} | {r['score']:.2f} | {r['tail']:.1f} | {teach(r)} | {dsec(r)} | {r['eval_seconds']:.0f} |"
             for r in rows if r["split"] == "validation"]
     out += search_summary(rows)
-    test = [r for r in rows if r["split"] == "test"]
+    every_test = [r for r in rows if r["split"] == "test"]
+    # The follow-up pass (bench/strongest.py --follow-up: a class-aware teacher/label mix) keeps
+    # its test rows apart: a row whose point mixes (label_mix > 0); the others are the first pass's.
+    test = [r for r in every_test if not r["point"].get("label_mix")]
+    follow = [r for r in every_test if r["point"].get("label_mix")]
     if test:
         chosen = test[0]["point"]  # the test stage scores the chosen recipe first (bench/strongest.py)
 
-        def change(r: dict) -> str:
-            diff = [f"{k}: {chosen[k]} → {v}" for k, v in r["point"].items() if chosen.get(k) != v]
+        def change(r: dict, base: dict | None = None) -> str:
+            base = chosen if base is None else base
+            keys = [*base, *(k for k in r["point"] if k not in base)]
+            diff = [f"{k}: {base.get(k, 0.0)} → {r['point'].get(k, 0.0)}" for k in keys
+                    if base.get(k, 0.0) != r["point"].get(k, 0.0)]  # 0.0: label_mix's start value
             return "; ".join(diff) or "**chosen recipe**"
 
         out += ["", "Test split (final epoch, 3 runs), scored once each: the chosen recipe at IF 100, the same "
@@ -345,7 +352,23 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
                 "| IF | change from the chosen recipe | overall | head | medium | tail |", "|---|---|---|---|---|---|"]
         out += [f"| {r['imbalance']:g} | {change(r)} | {fmt(r)} | {r['head']:.1f} | {r['medium']:.1f} | "
                 f"{r['tail']:.1f} |" for r in test]
-        best = [r for r in test if r["point"] == chosen and r["imbalance"] == 100]
+        if follow:
+            first = follow[0]["point"]
+            out += ["", "Follow-up pass (`bench/strongest.py --follow-up`, added after the rows above existed; chosen "
+                    "on validation from the recipe above): a class-aware mix of the teacher's labels and the set's "
+                    f"own (`teacher_mix`). Chosen: {', '.join(f'{k} {v}' for k, v in first.items())}. Its removal "
+                    "(label_mix → 0) is the chosen recipe above.", "",
+                    "| IF | change from the follow-up's recipe | overall | head | medium | tail |",
+                    "|---|---|---|---|---|---|"]
+            out += [f"| {r['imbalance']:g} | {change(r, first)} | {fmt(r)} | {r['head']:.1f} | {r['medium']:.1f} | "
+                    f"{r['tail']:.1f} |" for r in follow]
+        preset_point = None  # the target is read from the preset's recipe: the search's final choice
+        preset_file = RES.parent.parent / "src" / "ltdistill" / "presets" / "strongest-cpu.yaml"
+        if preset_file.is_file():
+            import yaml
+
+            preset_point = (yaml.safe_load(preset_file.read_text()).get("chosen_by") or {}).get("point")
+        best = [r for r in every_test if r["point"] == (preset_point or chosen) and r["imbalance"] == 100]
         if best:
             b = best[0]
             verdict = "reached" if b["acc_mean"] >= 60.0 else "not reached"

@@ -370,3 +370,66 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     assert "| 100 | labels: teacher → hard | 55.0 ± 0.3 |" in text
     assert "| 10 | **chosen recipe** | 63.0 ± 0.3 |" in text
     assert "≥ 60 % at IF 100, mean of ≥ 3 runs, final epoch — not reached: 58.0 ± 0.3 over 3 runs" in text
+
+
+def test_strongest_follow_up_pass_mixes_labels_from_the_chosen_point_and_keeps_older_keys():
+    """--follow-up: a search pass over label_mix (EvalConfig.teacher_mix) from the chosen point,
+    on validation; the mix's start value is the chosen recipe's own row (same key), a point
+    without a teacher carries no mix; its ablation's removal is the chosen recipe."""
+    st = _bench("strongest")
+    grid = [*st.SEARCHED, *st.FOLLOW_UP]
+    seen = []
+
+    def score(pt, mix_gain=1.0):
+        seen.append(dict(pt))
+        return ({"csdm": 2.0}.get(pt["method"], 1.0) + (0.5 if pt["labels"] == "teacher" else 0.0)
+                + mix_gain * (pt.get("label_mix", 0.0) == 0.5))
+
+    v1 = st.search(score)
+    best = st.search(score, grid)
+    assert best == {**v1, "label_mix": 0.5} and "label_mix" not in v1
+    mixes = [p for p in seen if "label_mix" in p]
+    assert [p["label_mix"] for p in mixes] == [0.0, 0.5, 1.0] and {**mixes[0], "label_mix": 0.0} == {**v1, "label_mix": 0.0}
+    key = lambda p: st.key_of(p, "strongest-v1", 0, "validation", 100)  # noqa: E731
+    assert key(mixes[0]) == key(v1) != key(best)  # the start value: the chosen recipe's existing trial
+    assert st.search(lambda pt: score(pt, mix_gain=0.0), grid) == v1  # a tie keeps the teacher alone
+    seen.clear()
+    hard = st.search(lambda pt: seen.append(dict(pt)) or {"csdm": 2.0}.get(pt["method"], 1.0), grid)
+    assert hard["labels"] == "hard" and not any("label_mix" in p for p in seen)  # no teacher: nothing to mix
+    assert key({**best, "labels": "hard"}) == key({**v1, "labels": "hard"})
+    proto = st.PROTOCOLS["strongest-v1"]
+    assert st.recipe(best, proto)[2]["teacher_mix"] == 0.5 and "teacher_mix" not in st.recipe(v1, proto)[2]
+    assert "teacher_mix" not in st.recipe({**best, "labels": "hard"}, proto)[2]
+    abl = dict(st.ablations(best, grid))
+    assert abl["label_mix: 0.5 -> 0.0"] == v1 and len(abl) == len(st.values_of(grid))
+    assert dict(st.ablations(v1, grid))["label_mix: 0.0 -> 0.5"] == {**v1, "label_mix": 0.5}
+    rows = st.test_rows(best, "strongest-v1", grid)
+    assert rows[0] == ("chosen", best, 100) and ("label_mix: 0.5 -> 0.0", v1, 100) in rows
+    assert [n for n, _, _ in st.test_rows(v1, "strongest-v1")][:7] == [n for n, _, _ in st.test_rows(
+        v1, "strongest-v1", st.SEARCHED)][:7]  # without --follow-up the test stage is unchanged
+
+
+def test_strongest_report_keeps_the_follow_up_rows_apart(tmp_path, monkeypatch):
+    """report.py: test rows with a label mix form the follow-up's own table, labelled by what
+    they change from its recipe; the first pass's table is unchanged by them."""
+    report = _bench("report")
+    chosen = {"method": "csdm", "calibration": "fused", "factor": 2, "labels": "teacher", "eval": "ncfm",
+              "budget": "1x"}
+    mixed = {**chosen, "label_mix": 0.5}
+
+    def row(point, split, imb=100, acc=50.0):
+        return {"protocol": "strongest-v1", "split": split, "imbalance": imb, "point": point, "score": acc,
+                "acc_mean": acc, "acc_std": 0.3, "head": 60.0, "medium": 45.0, "tail": 48.0,
+                "distill_seconds": 1.0, "eval_seconds": 1.0, "per_class": [acc] * 10, "run_accs": [acc] * 3}
+
+    rows = [row(chosen, "validation", acc=52.0), row(mixed, "validation", acc=53.0), row(chosen, "test", acc=58.0),
+            row({**chosen, "labels": "hard"}, "test", acc=55.0), row(mixed, "test", acc=61.0),
+            row({**mixed, "eval": "dm"}, "test", acc=57.0)]
+    monkeypatch.setattr(report, "RES", tmp_path)
+    path = tmp_path / "strongest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "\n".join(report.strongest_section(path, []))
+    first, follow = text.split("Follow-up pass")
+    assert "| 100 | **chosen recipe** | 58.0 ± 0.3 |" in first and "61.0" not in first
+    assert "label_mix 0.5 | 53.00 |" in first  # the validation trial, in the trials' table
+    assert "| 100 | **chosen recipe** | 61.0 ± 0.3 |" in follow and "| 100 | eval: ncfm → dm | 57.0 ± 0.3 |" in follow

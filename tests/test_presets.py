@@ -122,10 +122,12 @@ STRONGEST_POINTS = [
      "budget": "1x"},
     {"method": "dm", "labels": "hard", "eval": "dm", "eval_length": "1x", "calibration": "step", "factor": 4,
      "budget": "4x-batch"},
+    {"method": "csdm", "labels": "teacher", "eval": "ncfm", "eval_length": "3x", "teacher_length": "3x",
+     "calibration": "fused", "factor": 2, "budget": "1x", "label_mix": 0.5},  # bench/strongest.py --follow-up
 ]
 
 
-@pytest.mark.parametrize("point", STRONGEST_POINTS, ids=["csdm-teacher", "dm-hard"])
+@pytest.mark.parametrize("point", STRONGEST_POINTS, ids=["csdm-teacher", "dm-hard", "csdm-teacher-mix"])
 def test_strongest_preset_builds_the_test_stages_configs(point, tmp_path):
     """bench/strongest.py's preset text, read back by the CLI, is the distillation, evaluation
     and teacher config its test stage runs: `ltdistill run --preset strongest-cpu` is that recipe."""
