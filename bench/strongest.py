@@ -150,7 +150,7 @@ def recipe(point: dict, proto: dict) -> tuple[str, list[str], dict, str]:
 
 def key_of(point: dict, proto_name: str, seed: int, split: str, imbalance: float) -> str:
     items = [(k, v) for k, v in point.items() if not (k in LATER and v == DEFAULTS[k])
-             and not (k == "label_mix" and point.get("labels") != "teacher")]  # no teacher: nothing to mix
+             and not (k in DEFAULTS.keys() - START.keys() and not RELEVANT[k](point))]  # a follow-up that means nothing here
     return json.dumps([proto_name, seed, split, imbalance, sorted(items)])
 
 
