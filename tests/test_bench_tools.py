@@ -358,7 +358,7 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
                 "distill_seconds": 1.0, "eval_seconds": 1.0, "per_class": [acc] * 10, "run_accs": [acc] * 3}
 
     rows = [row(chosen, "validation", acc=52.0), row(chosen, "test", acc=58.0),
-            row({**chosen, "labels": "hard"}, "test", acc=55.0), row(chosen, "test", imb=10, acc=63.0)]
+            row({**chosen, "labels": "hard"}, "test", acc=59.97), row(chosen, "test", imb=10, acc=63.0)]
     monkeypatch.setattr(report, "RES", tmp_path)  # the plot goes beside the rows, not into bench/results
     path = tmp_path / "strongest.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -366,10 +366,11 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     assert ("| method csdm, labels teacher, eval ncfm, eval_length 1x, teacher_length 1x, calibration fused, "
             "factor 2, budget 1x | 52.00 | 48.0 | – |") in text
     assert "The validation search has not finished." in text  # one validation trial of many
-    assert "| 100 | **chosen recipe** | 58.0 ± 0.3 |" in text
-    assert "| 100 | labels: teacher → hard | 55.0 ± 0.3 |" in text
-    assert "| 10 | **chosen recipe** | 63.0 ± 0.3 |" in text
-    assert "≥ 60 % at IF 100, mean of ≥ 3 runs, final epoch — not reached: 58.0 ± 0.3 over 3 runs" in text
+    assert "| 100 | **chosen recipe** | 58.00 ± 0.30 |" in text
+    # two decimals: a row just below the 60 % target must not read as 60.0
+    assert "| 100 | labels: teacher → hard | 59.97 ± 0.30 |" in text
+    assert "| 10 | **chosen recipe** | 63.00 ± 0.30 |" in text
+    assert "≥ 60 % at IF 100, mean of ≥ 3 runs, final epoch — not reached: 58.00 ± 0.30 over 3 runs" in text
 
 
 def test_strongest_follow_up_pass_mixes_labels_from_the_chosen_point_and_keeps_older_keys():
@@ -430,6 +431,6 @@ def test_strongest_report_keeps_the_follow_up_rows_apart(tmp_path, monkeypatch):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = "\n".join(report.strongest_section(path, []))
     first, follow = text.split("Follow-up pass")
-    assert "| 100 | **chosen recipe** | 58.0 ± 0.3 |" in first and "61.0" not in first
+    assert "| 100 | **chosen recipe** | 58.00 ± 0.30 |" in first and "61.0" not in first
     assert "label_mix 0.5 | 53.00 |" in first  # the validation trial, in the trials' table
-    assert "| 100 | **chosen recipe** | 61.0 ± 0.3 |" in follow and "| 100 | eval: ncfm → dm | 57.0 ± 0.3 |" in follow
+    assert "| 100 | **chosen recipe** | 61.00 ± 0.30 |" in follow and "| 100 | eval: ncfm → dm | 57.00 ± 0.30 |" in follow
