@@ -328,6 +328,15 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
     def teach(r: dict) -> str:  # soft-label trials: the teacher's accuracy on the same split
         return f"{r['teacher']['balanced']:.1f}" if r.get("teacher") else "–"
 
+    def teacher_test(r: dict) -> str:  # the soft-label teacher on the test split: what the student learns from
+        t = r.get("teacher")
+        if not t:
+            return "– | –"
+        from ltdistill.data.datasets import DATASETS, class_groups  # strongest-v1 is CIFAR-10-LT
+
+        tail = class_groups(DATASETS.get("cifar10"), [0] * len(t["per_class"]))["tail"]  # fixed: counts unused
+        return f"{t['balanced']:.1f} | {sum(t['per_class'][c] for c in tail) / len(tail):.1f}"
+
     out += [f"| {pt(r)} | {r['score']:.2f} | {r['tail']:.1f} | {teach(r)} | {dsec(r)} | {r['eval_seconds']:.0f} |"
             for r in rows if r["split"] == "validation"]
     out += search_summary(rows)
@@ -348,20 +357,23 @@ def strongest_section(path: Path, bench_rows: list[dict] | None = None) -> list[
 
         out += ["", "Test split (final epoch, 3 runs), scored once each: the chosen recipe at IF 100, the same "
                 f"recipe with one ingredient changed (the ablation), and the chosen recipe at IF 10 and 200 (no "
-                f"re-tuning). Chosen on validation: {', '.join(f'{k} {v}' for k, v in chosen.items())}.", "",
-                "| IF | change from the chosen recipe | overall | head | medium | tail |", "|---|---|---|---|---|---|"]
+                f"re-tuning). Chosen on validation: {', '.join(f'{k} {v}' for k, v in chosen.items())}. The last two "
+                "columns are the soft-label teacher's own accuracy on the same test split (– where the labels are "
+                "hard).", "",
+                "| IF | change from the chosen recipe | overall | head | medium | tail | teacher's own: balanced | "
+                "teacher's own: tail |", "|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['imbalance']:g} | {change(r)} | {fmt(r, 2)} | {r['head']:.1f} | {r['medium']:.1f} | "
-                f"{r['tail']:.1f} |" for r in test]
+                f"{r['tail']:.1f} | {teacher_test(r)} |" for r in test]
         if follow:
             first = follow[0]["point"]
             out += ["", "Follow-up pass (`bench/strongest.py --follow-up`, added after the rows above existed; chosen "
                     "on validation from the recipe above): a class-aware mix of the teacher's labels and the set's "
                     f"own (`teacher_mix`). Chosen: {', '.join(f'{k} {v}' for k, v in first.items())}. Its removal "
                     "(label_mix → 0) is the chosen recipe above.", "",
-                    "| IF | change from the follow-up's recipe | overall | head | medium | tail |",
-                    "|---|---|---|---|---|---|"]
+                    "| IF | change from the follow-up's recipe | overall | head | medium | tail | teacher's own: "
+                    "balanced | teacher's own: tail |", "|---|---|---|---|---|---|---|---|"]
             out += [f"| {r['imbalance']:g} | {change(r, first)} | {fmt(r, 2)} | {r['head']:.1f} | {r['medium']:.1f} | "
-                    f"{r['tail']:.1f} |" for r in follow]
+                    f"{r['tail']:.1f} | {teacher_test(r)} |" for r in follow]
         preset_point = None  # the target is read from the preset's recipe: the search's final choice
         preset = RES.parent.parent / "src" / "ltdistill" / "presets" / "strongest-cpu.yaml"
         if preset.is_file():

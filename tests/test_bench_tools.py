@@ -359,6 +359,8 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
 
     rows = [row(chosen, "validation", acc=52.0), row(chosen, "test", acc=58.0),
             row({**chosen, "labels": "hard"}, "test", acc=59.97), row(chosen, "test", imb=10, acc=63.0)]
+    # the soft-label rows carry their teacher's test accuracy; its tail is CIFAR-10's classes 7-9
+    rows[1]["teacher"] = {"balanced": 67.18, "per_class": [90.0] * 7 + [60.0, 63.0, 54.0]}
     monkeypatch.setattr(report, "RES", tmp_path)  # the plot goes beside the rows, not into bench/results
     path = tmp_path / "strongest.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -366,7 +368,8 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     assert ("| method csdm, labels teacher, eval ncfm, eval_length 1x, teacher_length 1x, calibration fused, "
             "factor 2, budget 1x | 52.00 | 48.0 | – |") in text
     assert "The validation search has not finished." in text  # one validation trial of many
-    assert "| 100 | **chosen recipe** | 58.00 ± 0.30 |" in text
+    assert "| 100 | **chosen recipe** | 58.00 ± 0.30 | 60.0 | 45.0 | 48.0 | 67.2 | 59.0 |" in text
+    assert "| 100 | labels: teacher → hard | 59.97 ± 0.30 | 60.0 | 45.0 | 48.0 | – | – |" in text  # no teacher
     # two decimals: a row just below the 60 % target must not read as 60.0
     assert "| 100 | labels: teacher → hard | 59.97 ± 0.30 |" in text
     assert "| 10 | **chosen recipe** | 63.00 ± 0.30 |" in text
