@@ -369,9 +369,8 @@ def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
             "factor 2, budget 1x | 52.00 | 48.0 | – |") in text
     assert "The validation search has not finished." in text  # one validation trial of many
     assert "| 100 | **chosen recipe** | 58.00 ± 0.30 | 60.0 | 45.0 | 48.0 | 67.2 | 59.0 |" in text
-    assert "| 100 | labels: teacher → hard | 59.97 ± 0.30 | 60.0 | 45.0 | 48.0 | – | – |" in text  # no teacher
-    # two decimals: a row just below the 60 % target must not read as 60.0
-    assert "| 100 | labels: teacher → hard | 59.97 ± 0.30 |" in text
+    # two decimals: a row just below the 60 % target must not read as 60.0; no teacher: "–"
+    assert "| 100 | labels: teacher → hard | 59.97 ± 0.30 | 60.0 | 45.0 | 48.0 | – | – |" in text
     assert "| 10 | **chosen recipe** | 63.00 ± 0.30 |" in text
     assert "≥ 60 % at IF 100, mean of ≥ 3 runs, final epoch — not reached: 58.00 ± 0.30 over 3 runs" in text
 
