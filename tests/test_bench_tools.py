@@ -345,6 +345,24 @@ def test_protocol_tables_pick_each_protocols_rows_and_label_best_test():
     assert "random (its initialisation: factor-2 mosaics) | 43.0" in fused_table and "| dm | 55.0" in fused_table
 
 
+def test_protocol_tables_show_the_whole_lt_references_test_curve():
+    """The converged whole-LT row is the reference row of its protocol's table, and the line under
+    the table quotes its recorded test curve (quarter points, spread over the last quarter)."""
+    report = _bench("report")
+    curve = [[e, 50.0 + min(e, 100) / 20 + (0.4 if e == 190 else 0.0)] for e in range(10, 201, 10)]
+    full = {"protocol": "cpu-v1", "labels": "hard", "net": "convnet", "seed": 0, "imbalance": 100, "method": "full",
+            "pipeline": "dm", "variant": "converged", "acc_mean": 55.0, "acc_std": 0.0, "tail": 26.0,
+            "eval_epochs": 200, "best_test_acc": 55.4, "test_curve": curve, "final_train_loss": 0.0648}
+    dm = {**full, "method": "dm", "variant": "best-test", "acc_mean": 44.0, "tail": 48.0, "eval_epochs": 300,
+          "best_test_acc": 44.2}
+    del dm["test_curve"]
+    dm_table = "\n".join(report.protocols_section([full, dm])).split("### ")[1]
+    assert "| full (whole LT training set, 200 epochs, 1 run) | 55.0 ± 0.0 | 26.0 | 55.4 |" in dm_table
+    assert ("Whole-LT reference at IF 100, test accuracy at epochs 50, 100, 150, 200: 52.5, 55.0, 55.0, 55.0; "
+            "the last quarter's 5 checkpoints lie within 0.4 points; final training loss 0.065") in dm_table
+    assert "full IF 100 +0.4" in dm_table and "IF 10, test accuracy" not in dm_table
+
+
 def test_strongest_test_table_names_each_ablation_change(tmp_path, monkeypatch):
     """report.py's strongest-v1 section: the first test row is the chosen recipe, every other
     row is labelled by what it changed from it; validation trials have their own table."""
