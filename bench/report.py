@@ -247,7 +247,7 @@ def converged_line(r: dict, imb: int) -> str:
     marks = [e for e in (n // 4, n // 2, 3 * n // 4, n) if e in at]
     last = [a for e, a in curve if e > 3 * n // 4]
     loss = f"; final training loss {r['final_train_loss']:.3f}" if r.get("final_train_loss") is not None else ""
-    return ("\n" + f"Whole-LT reference at IF {imb}, test accuracy at epochs " + ", ".join(map(str, marks)) + ": "
+    return (f"Whole-LT reference at IF {imb}, test accuracy at epochs " + ", ".join(map(str, marks)) + ": "
             + ", ".join(f"{at[e]:.1f}" for e in marks)
             + (f"; the last quarter's {len(last)} checkpoints lie within {max(last) - min(last):.1f} points" if last else "")
             + f"{loss} (`test_curve` in the row).")
@@ -306,8 +306,9 @@ def protocols_section(rows: list[dict]) -> list[str]:
                 if r.get("best_test_acc") is not None]
         if gaps:
             out += ["", "; ".join(gaps) + "."]
-        out += [converged_line(cell[("full", imb)], imb) for imb in (100, 10)
-                if cell.get(("full", imb), {}).get("test_curve")]
+        for imb in (100, 10):
+            if cell.get(("full", imb), {}).get("test_curve"):
+                out += ["", converged_line(cell[("full", imb)], imb)]
         out += ["", ("What best-test selection adds over the final epoch (points): " + ", ".join(adds) + ".") if adds
                 else "Best-test selection not yet recorded for these rows (`–`)."]
     return out
