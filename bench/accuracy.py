@@ -424,6 +424,14 @@ def get_teacher(imb: float, proto_name: str, data, seed: int) -> tuple[dict, dic
     return t, meta
 
 
+def eval_seconds(res, t0: float, resumed: bool) -> float:
+    """The evaluation's seconds: this call's wall time, or after a resume the runs' own training
+    seconds (they include the time before the checkpoint; work lost after it is not counted)."""
+    if resumed:
+        return round(sum(r.seconds for r in res.runs), 1)
+    return round(time.perf_counter() - t0, 1)
+
+
 def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, data_root: str, seed: int,
              variant: str = "", pipeline: str = "dm") -> dict:
     from ltdistill.teacher import label_set
@@ -435,6 +443,9 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
     # the cell's evaluation resumes from here after an interruption (removed when it finishes)
     cell = json.dumps([imb, method, net, labels, proto_name, seed, variant, pipeline])
     eval_ckpt = SETS / f"eval-{hashlib.sha256(cell.encode()).hexdigest()[:16]}.ckpt"
+    # resumed: this call's wall time covers only the part after the checkpoint, so the row takes
+    # the runs' own seconds (the checkpoint carries the time spent before it) and says it resumed
+    eval_resumed = eval_ckpt.exists()
     if method == "full" and variant == "converged":
         epochs = proto.get("full_epochs", FULL_EPOCHS)
         fcfg = dataclasses.replace(ecfg, epochs=epochs, runs=1, selection_every=max(1, epochs // 20))
@@ -442,7 +453,7 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
         res = ld.evaluate_full(data, fcfg, checkpoint=eval_ckpt)
         rec = {"acc_mean": res.acc_mean, "acc_std": 0.0, "per_class": res.per_class_mean,
                "head": res.groups["head"], "medium": res.groups["medium"], "tail": res.groups["tail"],
-               "distill_seconds": 0.0, "eval_seconds": round(time.perf_counter() - t0, 1), "eval_epochs": epochs,
+               "distill_seconds": 0.0, "eval_seconds": eval_seconds(res, t0, eval_resumed), "eval_epochs": epochs,
                "runs": 1, "run_accs": [r.acc for r in res.runs], "method_config": {}}
         extra["test_curve"] = res.runs[0].test_curve
         extra["final_train_loss"] = res.runs[0].final_loss
@@ -468,9 +479,11 @@ def run_cell(imb: float, method: str, net: str, labels: str, proto_name: str, da
             extra["distill_commit"] = s.provenance["commit"]
         rec = {"acc_mean": res.acc_mean, "acc_std": res.acc_std, "per_class": res.per_class_mean,
                "head": res.groups["head"], "medium": res.groups["medium"], "tail": res.groups["tail"],
-               "distill_seconds": round(distill_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+               "distill_seconds": round(distill_s, 1), "eval_seconds": eval_seconds(res, t0, eval_resumed),
                "eval_epochs": proto["eval_epochs"], "runs": proto["runs"], "run_accs": [r.acc for r in res.runs],
                "method_config": cfg_used}
+    if eval_resumed and (method != "full" or variant == "converged"):  # the teacher has no eval checkpoint
+        extra["eval_resumed"] = True
     if (method != "full" or variant == "converged") and res.best_test_acc is not None:  # opt-in test-set selection, labelled
         extra["best_test_acc"] = res.best_test_acc
         extra["best_test_selection"] = res.to_dict()["best_test_selection"]

@@ -151,6 +151,18 @@ def test_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(accuracy, tmp_p
     assert accuracy.try_lock(lock) and lock.read_text() != dead
 
 
+def test_a_resumed_evaluation_counts_the_runs_own_seconds(accuracy):
+    """After a resume the call's wall time misses the part before the checkpoint: the runs'
+    seconds (which carry it) are the row's, whole; a fresh call keeps its wall time."""
+    import time
+    from types import SimpleNamespace
+
+    res = SimpleNamespace(runs=[SimpleNamespace(seconds=1200.0), SimpleNamespace(seconds=1300.0)])
+    assert accuracy.eval_seconds(res, time.perf_counter() - 5.0, resumed=True) == 2500.0
+    fresh = accuracy.eval_seconds(res, time.perf_counter() - 5.0, resumed=False)
+    assert 5.0 <= fresh < 60.0
+
+
 def test_a_cell_held_by_another_worker_is_skipped(accuracy, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(accuracy.GRIDS, "toy", [(100, "random", "convnet", "hard")])
     ran = []
